@@ -1,0 +1,455 @@
+//! The raw log record envelope: the typed Rust view of `schemas/raw_record.v2.avsc` and its
+//! fast binary codec.
+//!
+//! Owns: [`RawRecord`], [`LogFormat`], the embedded schema texts, and a hand-rolled encoder and
+//! decoder for exactly the current schema, which skip `apache_avro::Value` on the hot path.
+//! Invariant: [`encode_datum`] produces bytes that `apache-avro` decodes with the current schema
+//! to the same record (proptest in this file), and [`decode_current_datum`] accepts exactly what
+//! `apache-avro` accepts for the current schema. Records written with any other schema go through
+//! schema resolution in `wire.rs`. Must not: know about Kafka, files or the registry.
+
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+
+use crate::error::AvroError;
+
+/// Schema text of version 1 of the envelope (kept to test that old data stays readable).
+pub const RAW_RECORD_SCHEMA_V1: &str = include_str!("../schemas/raw_record.v1.avsc");
+/// Schema text of the current version (2) of the envelope.
+pub const RAW_RECORD_SCHEMA: &str = include_str!("../schemas/raw_record.v2.avsc");
+
+/// Every envelope schema version ever published, oldest first. Never remove an entry: old
+/// messages in a topic keep naming these schemas by fingerprint.
+pub static KNOWN_SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
+    [RAW_RECORD_SCHEMA_V1, RAW_RECORD_SCHEMA]
+        .iter()
+        .map(|text| Schema::parse_str(text).expect("embedded schema is valid (tested)"))
+        .collect()
+});
+
+/// The current envelope schema.
+pub fn current_schema() -> &'static Schema {
+    KNOWN_SCHEMAS
+        .last()
+        .expect("at least one schema is embedded")
+}
+
+/// PostgreSQL log destination format of a source file.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `log_destination = csvlog`: one CSV record per log record, quoted newlines allowed.
+    Csvlog,
+    /// `log_destination = jsonlog` (PostgreSQL 15+): one JSON object per line.
+    Jsonlog,
+    /// `log_destination = stderr`: prefixed lines, continuation lines start with a tab.
+    Stderr,
+}
+
+impl LogFormat {
+    /// All formats, in the order of the Avro enum symbols.
+    pub const ALL: [LogFormat; 3] = [LogFormat::Csvlog, LogFormat::Jsonlog, LogFormat::Stderr];
+
+    /// The Avro enum symbol.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            LogFormat::Csvlog => "CSVLOG",
+            LogFormat::Jsonlog => "JSONLOG",
+            LogFormat::Stderr => "STDERR",
+        }
+    }
+
+    fn index(self) -> i64 {
+        match self {
+            LogFormat::Csvlog => 0,
+            LogFormat::Jsonlog => 1,
+            LogFormat::Stderr => 2,
+        }
+    }
+
+    fn from_index(i: i64) -> Option<Self> {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// The format PostgreSQL gives a file of this extension (`.csv`, `.json`, anything else is
+    /// stderr output of the logging collector).
+    pub fn from_path(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("csv") => LogFormat::Csvlog,
+            Some("json") => LogFormat::Jsonlog,
+            _ => LogFormat::Stderr,
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Csvlog => "csvlog",
+            LogFormat::Jsonlog => "jsonlog",
+            LogFormat::Stderr => "stderr",
+        })
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" | "csvlog" => Ok(LogFormat::Csvlog),
+            "json" | "jsonlog" => Ok(LogFormat::Jsonlog),
+            "stderr" | "log" => Ok(LogFormat::Stderr),
+            other => Err(format!(
+                "unknown log format {other:?} (csvlog, jsonlog, stderr)"
+            )),
+        }
+    }
+}
+
+/// Where a record came from: everything that is the same for every record of one file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordSource {
+    /// Logical server name (`primary`, `replica`, ...).
+    pub server: String,
+    /// Host name of the machine the shipper runs on.
+    pub host: String,
+    /// Version of the shipper.
+    pub shipper_version: String,
+    /// Format of the file.
+    pub format: LogFormat,
+    /// Path of the file when it was read.
+    pub source_path: String,
+    /// File identity that survives rename (device, inode, first-line fingerprint).
+    pub file_id: String,
+}
+
+/// One raw log record, as carried in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RawRecord {
+    /// Where the record came from.
+    pub source: RecordSource,
+    /// Byte offset of the first byte of the record in its file.
+    pub offset: i64,
+    /// Record bytes exactly as written (possibly cut to the shipper's maximum, see `truncated`).
+    pub data: Vec<u8>,
+    /// When the shipper read it, microseconds since the Unix epoch (UTC).
+    pub read_at_micros: i64,
+    /// Whether `data` holds only the first bytes of a longer record.
+    pub truncated: bool,
+    /// Whole length of a truncated record; `None` when not truncated.
+    pub original_length: Option<i64>,
+}
+
+/// Encodes the per-file part of the envelope once; [`encode_datum`] appends the rest.
+pub fn encode_source(source: &RecordSource) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    put_bytes(&mut out, source.server.as_bytes());
+    put_bytes(&mut out, source.host.as_bytes());
+    put_bytes(&mut out, source.shipper_version.as_bytes());
+    put_long(&mut out, source.format.index());
+    put_bytes(&mut out, source.source_path.as_bytes());
+    put_bytes(&mut out, source.file_id.as_bytes());
+    out
+}
+
+/// Per-record fields of the envelope, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordFields<'a> {
+    /// Byte offset in the file.
+    pub offset: i64,
+    /// Record bytes (already cut when truncated).
+    pub data: &'a [u8],
+    /// Read time, microseconds since the epoch.
+    pub read_at_micros: i64,
+    /// Whole length when truncated.
+    pub original_length: Option<i64>,
+}
+
+/// Appends the Avro datum (current schema) of one record to `out`, given the bytes of
+/// [`encode_source`] for its file.
+pub fn encode_datum(out: &mut Vec<u8>, encoded_source: &[u8], fields: RecordFields<'_>) {
+    out.reserve(encoded_source.len() + fields.data.len() + 40);
+    out.extend_from_slice(encoded_source);
+    put_long(out, fields.offset);
+    put_bytes(out, fields.data);
+    put_long(out, fields.read_at_micros);
+    out.push(u8::from(fields.original_length.is_some()));
+    match fields.original_length {
+        None => put_long(out, 0),
+        Some(len) => {
+            put_long(out, 1);
+            put_long(out, len);
+        }
+    }
+}
+
+/// Encodes a whole record (current schema). Convenience for tests and tools.
+pub fn encode_record(record: &RawRecord) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_datum(
+        &mut out,
+        &encode_source(&record.source),
+        RecordFields {
+            offset: record.offset,
+            data: &record.data,
+            read_at_micros: record.read_at_micros,
+            original_length: record.original_length,
+        },
+    );
+    out
+}
+
+fn put_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn long(&mut self) -> Result<i64, AvroError> {
+        let mut z: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = *self
+                .buf
+                .get(self.pos)
+                .ok_or_else(|| malformed("datum ends inside a long"))?;
+            self.pos += 1;
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err(malformed("varint longer than 10 bytes"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], AvroError> {
+        let len = usize::try_from(self.long()?).map_err(|_| malformed("negative length"))?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .ok_or_else(|| malformed("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| malformed("datum ends inside bytes"))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn string(&mut self) -> Result<String, AvroError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| malformed("string is not UTF-8"))
+    }
+
+    fn boolean(&mut self) -> Result<bool, AvroError> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or_else(|| malformed("datum ends inside a boolean"))?;
+        self.pos += 1;
+        match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(malformed("boolean byte is neither 0 nor 1")),
+        }
+    }
+}
+
+fn malformed(what: &str) -> AvroError {
+    AvroError::MalformedDatum {
+        reason: what.to_owned(),
+    }
+}
+
+/// Decodes a datum written with exactly the current schema.
+pub fn decode_current_datum(datum: &[u8]) -> Result<RawRecord, AvroError> {
+    let mut c = Cursor { buf: datum, pos: 0 };
+    let server = c.string()?;
+    let host = c.string()?;
+    let shipper_version = c.string()?;
+    let format = LogFormat::from_index(c.long()?).ok_or_else(|| malformed("unknown format"))?;
+    let source_path = c.string()?;
+    let file_id = c.string()?;
+    let offset = c.long()?;
+    let data = c.bytes()?.to_vec();
+    let read_at_micros = c.long()?;
+    let truncated = c.boolean()?;
+    let original_length = match c.long()? {
+        0 => None,
+        1 => Some(c.long()?),
+        _ => return Err(malformed("union branch out of range")),
+    };
+    if c.pos != datum.len() {
+        return Err(malformed("trailing bytes after the datum"));
+    }
+    Ok(RawRecord {
+        source: RecordSource {
+            server,
+            host,
+            shipper_version,
+            format,
+            source_path,
+            file_id,
+        },
+        offset,
+        data,
+        read_at_micros,
+        truncated,
+        original_length,
+    })
+}
+
+/// Converts a value already resolved to the current schema into a record.
+pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
+    let Value::Record(fields) = value else {
+        return Err(malformed("not a record"));
+    };
+    let mut r = RawRecord {
+        source: RecordSource {
+            server: String::new(),
+            host: String::new(),
+            shipper_version: String::new(),
+            format: LogFormat::Stderr,
+            source_path: String::new(),
+            file_id: String::new(),
+        },
+        offset: 0,
+        data: Vec::new(),
+        read_at_micros: 0,
+        truncated: false,
+        original_length: None,
+    };
+    for (name, v) in fields {
+        match (name.as_str(), v) {
+            ("server", Value::String(s)) => r.source.server = s,
+            ("host", Value::String(s)) => r.source.host = s,
+            ("shipper_version", Value::String(s)) => r.source.shipper_version = s,
+            ("format", Value::Enum(i, _)) => {
+                r.source.format = LogFormat::from_index(i64::from(i))
+                    .ok_or_else(|| malformed("unknown format"))?
+            }
+            ("source_path", Value::String(s)) => r.source.source_path = s,
+            ("file_id", Value::String(s)) => r.source.file_id = s,
+            ("offset", Value::Long(n)) => r.offset = n,
+            ("data", Value::Bytes(b)) => r.data = b,
+            ("read_at", Value::TimestampMicros(n) | Value::Long(n)) => r.read_at_micros = n,
+            ("truncated", Value::Boolean(b)) => r.truncated = b,
+            ("original_length", Value::Union(_, inner)) => {
+                r.original_length = match *inner {
+                    Value::Long(n) => Some(n),
+                    _ => None,
+                }
+            }
+            (other, v) => {
+                return Err(malformed(&format!("unexpected field {other} = {v:?}")));
+            }
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::reader::datum::GenericDatumReader;
+    use proptest::prelude::*;
+
+    pub(crate) fn arb_record() -> impl Strategy<Value = RawRecord> {
+        (
+            (
+                "[a-z]{1,12}",
+                ".{0,20}",
+                "[0-9.]{1,8}",
+                0usize..3,
+                ".{0,60}",
+                "[0-9a-f:-]{0,40}",
+            ),
+            any::<i64>(),
+            proptest::collection::vec(any::<u8>(), 0..2000),
+            any::<i64>(),
+            proptest::option::of(any::<i64>()),
+        )
+            .prop_map(
+                |((server, host, v, f, path, id), offset, data, read_at, orig)| RawRecord {
+                    source: RecordSource {
+                        server,
+                        host,
+                        shipper_version: v,
+                        format: LogFormat::ALL[f],
+                        source_path: path,
+                        file_id: id,
+                    },
+                    offset,
+                    data,
+                    read_at_micros: read_at,
+                    truncated: orig.is_some(),
+                    original_length: orig,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn fast_codec_agrees_with_apache_avro(record in arb_record()) {
+            let datum = encode_record(&record);
+            let schema = current_schema();
+            let value = GenericDatumReader::builder(schema)
+                .build()
+                .unwrap()
+                .read_value(&mut &datum[..])
+                .unwrap();
+            prop_assert_eq!(record_from_value(value).unwrap(), record.clone());
+            prop_assert_eq!(decode_current_datum(&datum).unwrap(), record);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_current_datum(&bytes);
+        }
+    }
+
+    #[test]
+    fn schemas_parse_and_match_snapshot() {
+        assert_eq!(KNOWN_SCHEMAS.len(), 2);
+        insta::assert_snapshot!("canonical_v2", current_schema().canonical_form());
+        insta::assert_snapshot!("canonical_v1", KNOWN_SCHEMAS[0].canonical_form());
+    }
+
+    #[test]
+    fn format_from_extension() {
+        use std::path::Path;
+        assert_eq!(
+            LogFormat::from_path(Path::new("/l/postgresql-1.csv")),
+            LogFormat::Csvlog
+        );
+        assert_eq!(
+            LogFormat::from_path(Path::new("/l/postgresql-1.json")),
+            LogFormat::Jsonlog
+        );
+        assert_eq!(
+            LogFormat::from_path(Path::new("/l/postgresql-1.log")),
+            LogFormat::Stderr
+        );
+        assert_eq!("jsonlog".parse::<LogFormat>(), Ok(LogFormat::Jsonlog));
+        assert!("xml".parse::<LogFormat>().is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! Confluent Schema Registry client: register the envelope schema, fetch writer schemas by id.
+//!
+//! Owns [`Registry`], a thin wrapper over `schema_registry_converter`'s async calls with a
+//! per-id schema cache. Invariant: a schema id, once fetched, is cached for the life of the
+//! process (registry ids are immutable). Must not: log credentials; the URL is logged without
+//! user info by callers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_id, post_schema,
+};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+use crate::error::AvroError;
+use crate::record::RAW_RECORD_SCHEMA;
+
+/// A Schema Registry at one URL.
+#[derive(Clone)]
+pub struct Registry {
+    settings: SrSettings,
+    cache: Arc<Mutex<HashMap<u32, Arc<Schema>>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+fn registry_error(operation: String, e: SRCError) -> AvroError {
+    AvroError::Registry {
+        operation,
+        reason: e.error.clone(),
+        retryable: e.retriable,
+    }
+}
+
+impl Registry {
+    /// A client for the registry at `url` (e.g. `http://registry:8081`).
+    pub fn new(url: &str) -> Result<Self, AvroError> {
+        let settings = SrSettings::new_builder(url.trim_end_matches('/').to_owned())
+            .set_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| registry_error("configure client".into(), e))?;
+        Ok(Registry {
+            settings,
+            cache: Arc::default(),
+        })
+    }
+
+    /// Registers the current envelope schema under `<topic>-value` (topic name strategy) and
+    /// returns its id. Idempotent: the registry returns the existing id for a known schema.
+    pub async fn register_envelope(&self, topic: &str) -> Result<u32, AvroError> {
+        let subject = format!("{topic}-value");
+        let supplied = SuppliedSchema::new(
+            Some("io.pgtrail.avro.RawLogRecord".into()),
+            SchemaType::Avro,
+            RAW_RECORD_SCHEMA.to_owned(),
+        );
+        let registered = post_schema(&self.settings, subject.clone(), supplied)
+            .await
+            .map_err(|e| registry_error(format!("register subject {subject}"), e))?;
+        Ok(registered.id)
+    }
+
+    /// The writer schema with registry id `id`, from the cache or the registry.
+    pub async fn schema(&self, id: u32) -> Result<Arc<Schema>, AvroError> {
+        if let Some(s) = self.cached(id) {
+            return Ok(s);
+        }
+        let registered = get_schema_by_id(id, &self.settings)
+            .await
+            .map_err(|e| registry_error(format!("fetch schema id {id}"), e))?;
+        let schema =
+            Schema::parse_str(&registered.schema).map_err(|e| AvroError::Incompatible {
+                schema: format!("registry id {id}"),
+                reason: e.to_string(),
+            })?;
+        let schema = Arc::new(schema);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(id, schema.clone());
+        }
+        Ok(schema)
+    }
+
+    fn cached(&self, id: u32) -> Option<Arc<Schema>> {
+        self.cache.lock().ok().and_then(|c| c.get(&id).cloned())
+    }
+}

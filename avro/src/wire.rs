@@ -1,0 +1,265 @@
+//! Wire formats of a Kafka message value: Avro single-object encoding and Confluent framing.
+//!
+//! Owns [`Encoder`] (current schema, one of the two framings) and [`Decoder`] (accepts both,
+//! resolves any known or registered writer schema into the current one).
+//! Single-object: `c3 01` + 8-byte little-endian CRC-64-AVRO (Rabin) fingerprint + datum.
+//! Confluent: `00` + 4-byte big-endian registry schema id + datum.
+//! Invariant: the decoder never guesses a schema; an unknown fingerprint or id is an error.
+//! Must not: talk to Kafka.
+
+use std::collections::HashMap;
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+use apache_avro::reader::datum::GenericDatumReader;
+
+use crate::error::AvroError;
+use crate::record::{
+    KNOWN_SCHEMAS, RawRecord, RecordFields, current_schema, decode_current_datum, encode_datum,
+    record_from_value,
+};
+use crate::registry::Registry;
+
+/// First two bytes of an Avro single-object encoded message.
+pub const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
+/// First byte of a Confluent Schema Registry framed message.
+pub const CONFLUENT_MAGIC: u8 = 0;
+
+/// The 8 fingerprint bytes of a schema as carried in the single-object header.
+pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>().bytes;
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp[..8]);
+    out
+}
+
+/// Encodes envelopes with the current schema in one framing.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    header: Vec<u8>,
+}
+
+impl Encoder {
+    /// Single-object encoding: works without any registry.
+    pub fn single_object() -> Self {
+        let mut header = SINGLE_OBJECT_MARKER.to_vec();
+        header.extend_from_slice(&fingerprint(current_schema()));
+        Encoder { header }
+    }
+
+    /// Confluent framing with the id the registry gave the current schema.
+    pub fn confluent(schema_id: u32) -> Self {
+        let mut header = vec![CONFLUENT_MAGIC];
+        header.extend_from_slice(&schema_id.to_be_bytes());
+        Encoder { header }
+    }
+
+    /// Encodes one message: header, then the datum of the file's pre-encoded source and fields.
+    pub fn encode(&self, encoded_source: &[u8], fields: RecordFields<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.header.len() + encoded_source.len() + 64);
+        out.extend_from_slice(&self.header);
+        encode_datum(&mut out, encoded_source, fields);
+        out
+    }
+
+    /// Encodes a whole record (tests and tools).
+    pub fn encode_record(&self, record: &RawRecord) -> Vec<u8> {
+        let mut out = self.header.clone();
+        out.extend_from_slice(&crate::record::encode_record(record));
+        out
+    }
+}
+
+/// Decodes message values in either framing into current-schema records.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    by_fingerprint: HashMap<[u8; 8], usize>,
+    current: [u8; 8],
+    registry: Option<Registry>,
+}
+
+impl Decoder {
+    /// A decoder; `registry` is needed only for Confluent-framed messages.
+    pub fn new(registry: Option<Registry>) -> Self {
+        let by_fingerprint = KNOWN_SCHEMAS
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (fingerprint(s), i))
+            .collect();
+        Decoder {
+            by_fingerprint,
+            current: fingerprint(current_schema()),
+            registry,
+        }
+    }
+
+    /// Decodes a message value of either framing.
+    pub async fn decode(&self, msg: &[u8]) -> Result<RawRecord, AvroError> {
+        match msg.first() {
+            Some(&CONFLUENT_MAGIC) => {
+                let id_bytes: [u8; 4] = msg
+                    .get(1..5)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or(AvroError::TooShort { len: msg.len() })?;
+                let schema_id = u32::from_be_bytes(id_bytes);
+                let registry = self
+                    .registry
+                    .as_ref()
+                    .ok_or(AvroError::NoRegistry { schema_id })?;
+                let writer = registry.schema(schema_id).await?;
+                let datum = &msg[5..];
+                if fingerprint(&writer) == self.current {
+                    decode_current_datum(datum)
+                } else {
+                    resolve(&writer, datum, &format!("registry id {schema_id}"))
+                }
+            }
+            _ => self.decode_single_object(msg),
+        }
+    }
+
+    /// Decodes a single-object encoded message without any I/O.
+    pub fn decode_single_object(&self, msg: &[u8]) -> Result<RawRecord, AvroError> {
+        if msg.len() < 10 {
+            return Err(AvroError::TooShort { len: msg.len() });
+        }
+        if msg[..2] != SINGLE_OBJECT_MARKER {
+            return Err(AvroError::UnknownWireFormat {
+                first: msg[..2].to_vec(),
+            });
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&msg[2..10]);
+        let datum = &msg[10..];
+        if fp == self.current {
+            return decode_current_datum(datum);
+        }
+        let index = self
+            .by_fingerprint
+            .get(&fp)
+            .ok_or_else(|| AvroError::UnknownFingerprint {
+                fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
+            })?;
+        resolve(&KNOWN_SCHEMAS[*index], datum, "known schema")
+    }
+}
+
+fn resolve(writer: &Schema, datum: &[u8], which: &str) -> Result<RawRecord, AvroError> {
+    let incompatible = |e: apache_avro::Error| AvroError::Incompatible {
+        schema: which.into(),
+        reason: e.to_string(),
+    };
+    let reader = GenericDatumReader::builder(writer)
+        .reader_schema(current_schema())
+        .build()
+        .map_err(incompatible)?;
+    let mut slice = datum;
+    let value = reader
+        .read_value(&mut slice)
+        .map_err(|e| AvroError::MalformedDatum {
+            reason: format!("{which}: {e}"),
+        })?;
+    if !slice.is_empty() {
+        return Err(AvroError::MalformedDatum {
+            reason: format!("{which}: trailing bytes"),
+        });
+    }
+    record_from_value(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{LogFormat, RecordSource};
+    use apache_avro::types::Value;
+
+    fn sample() -> RawRecord {
+        RawRecord {
+            source: RecordSource {
+                server: "primary".into(),
+                host: "db1".into(),
+                shipper_version: "0.1.0".into(),
+                format: LogFormat::Csvlog,
+                source_path: "/var/log/postgresql/postgresql.csv".into(),
+                file_id: "803-1a2b-00ff".into(),
+            },
+            offset: 4096,
+            data: b"2026-11-23 08:57:28.127 UTC,,,6241,,6b03fff8.1861,1,,...\n".to_vec(),
+            read_at_micros: 1_795_000_000_000_000,
+            truncated: false,
+            original_length: None,
+        }
+    }
+
+    #[test]
+    fn single_object_round_trip() {
+        let msg = Encoder::single_object().encode_record(&sample());
+        assert_eq!(&msg[..2], &SINGLE_OBJECT_MARKER);
+        assert_eq!(
+            Decoder::new(None).decode_single_object(&msg).unwrap(),
+            sample()
+        );
+    }
+
+    #[test]
+    fn record_written_with_v1_schema_is_readable() {
+        // Written by apache-avro itself with the previous schema version: no truncation fields.
+        let v1 = &KNOWN_SCHEMAS[0];
+        let s = sample();
+        let value = Value::Record(vec![
+            ("server".into(), Value::String(s.source.server.clone())),
+            ("host".into(), Value::String(s.source.host.clone())),
+            ("shipper_version".into(), Value::String("0.0.9".into())),
+            ("format".into(), Value::Enum(0, "CSVLOG".into())),
+            (
+                "source_path".into(),
+                Value::String(s.source.source_path.clone()),
+            ),
+            ("file_id".into(), Value::String(s.source.file_id.clone())),
+            ("offset".into(), Value::Long(s.offset)),
+            ("data".into(), Value::Bytes(s.data.clone())),
+            ("read_at".into(), Value::TimestampMicros(s.read_at_micros)),
+        ]);
+        let mut msg = SINGLE_OBJECT_MARKER.to_vec();
+        msg.extend_from_slice(&fingerprint(v1));
+        msg.extend_from_slice(
+            &apache_avro::writer::datum::GenericDatumWriter::builder(v1)
+                .build()
+                .unwrap()
+                .write_value_to_vec(value)
+                .unwrap(),
+        );
+        let decoded = Decoder::new(None).decode_single_object(&msg).unwrap();
+        assert_eq!(decoded.source.shipper_version, "0.0.9");
+        assert_eq!(decoded.data, s.data);
+        assert!(!decoded.truncated, "default of the new field applies");
+        assert_eq!(decoded.original_length, None);
+    }
+
+    #[test]
+    fn unknown_fingerprint_and_garbage_are_poison() {
+        let mut msg = Encoder::single_object().encode_record(&sample());
+        msg[5] ^= 0xff;
+        let err = Decoder::new(None).decode_single_object(&msg).unwrap_err();
+        assert!(matches!(err, AvroError::UnknownFingerprint { .. }), "{err}");
+        assert_eq!(err.class(), crate::ErrorClass::Poison);
+        let err = Decoder::new(None)
+            .decode_single_object(b"{\"not\":\"avro\"}")
+            .unwrap_err();
+        assert!(matches!(err, AvroError::UnknownWireFormat { .. }), "{err}");
+        let mut cut = Encoder::single_object().encode_record(&sample());
+        cut.truncate(cut.len() - 3);
+        let err = Decoder::new(None).decode_single_object(&cut).unwrap_err();
+        assert!(matches!(err, AvroError::MalformedDatum { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn confluent_frame_without_registry_is_an_error() {
+        let msg = Encoder::confluent(7).encode_record(&sample());
+        let err = Decoder::new(None).decode(&msg).await.unwrap_err();
+        assert!(
+            matches!(err, AvroError::NoRegistry { schema_id: 7 }),
+            "{err}"
+        );
+    }
+}

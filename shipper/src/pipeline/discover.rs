@@ -1,0 +1,270 @@
+//! File lifecycle of the main loop: discovery through the globs, growth polling, truncation
+//! and rewrite detection, end-of-file flushes, closing finished files, periodic checkpoints.
+//!
+//! Owns nothing of its own: these are `Shipper` methods kept apart from the produce path.
+//! Invariants: a file is identified by (device, inode) while open and by [`FileId`] in
+//! checkpoints; a file that vanished from the globs is read to its end through its open
+//! descriptor and closed only when every record is acknowledged; a truncated or rewritten
+//! file is dropped and rediscovered from offset 0 under its new identity. Must not: send to
+//! Kafka.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::Shipper;
+use crate::error::ShipperError;
+use crate::tailer::{FileId, Head, TailedFile, read_head};
+use crate::telemetry::{FileLabel, Metrics, ReasonLabel};
+
+impl Shipper {
+    /// Evaluates the globs: opens new files, notices renames and files that went away.
+    pub(super) fn scan(&mut self) {
+        let mut present = std::collections::HashSet::new();
+        let mut skipped_seen = std::collections::HashSet::new();
+        let paths: Vec<PathBuf> = self
+            .cfg
+            .logs
+            .iter()
+            .filter_map(|g| glob::glob(g).ok())
+            .flat_map(|paths| paths.filter_map(Result::ok))
+            .collect();
+        for path in paths {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let inode = (meta.dev(), meta.ino());
+            if let Some(&key) = self.by_inode.get(&inode) {
+                present.insert(key);
+                if let Some(f) = self.files.get_mut(&key) {
+                    if f.path != path {
+                        info!(from = %f.path.display(), to = %path.display(), file_id = f.id_text, "File renamed; following it.");
+                        f.renamed(path, &self.info);
+                    }
+                    f.gone = false;
+                }
+                continue;
+            }
+            if self.skipped.contains(&inode) {
+                skipped_seen.insert(inode);
+                continue;
+            }
+            if meta.len() == 0 {
+                continue;
+            }
+            if let Some(key) = self.open_file(path, inode, meta.len()) {
+                present.insert(key);
+            } else if self.skipped.contains(&inode) {
+                skipped_seen.insert(inode);
+            }
+        }
+        self.skipped.retain(|i| skipped_seen.contains(i));
+        for (key, f) in &mut self.files {
+            if !present.contains(key) && !f.gone {
+                info!(path = %f.path.display(), file_id = f.id_text, "File left the globs (rotated away or deleted); reading it to its end.");
+                f.gone = true;
+            }
+            if !f.gone {
+                self.checkpoints.touch(&f.id_text);
+            }
+        }
+        self.scanned = true;
+    }
+
+    fn open_file(&mut self, path: PathBuf, inode: (u64, u64), len: u64) -> Option<u64> {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "Cannot open log file; will retry.");
+                return None;
+            }
+        };
+        let fingerprint = match read_head(&file) {
+            Ok(Head::Ready(fp)) => fp,
+            Ok(Head::NotReady) => return None,
+            Ok(Head::Binary) => {
+                warn!(path = %path.display(), "File matched by the globs holds binary data; skipping it.");
+                self.metrics
+                    .files_skipped
+                    .get_or_create(&ReasonLabel {
+                        reason: "binary".into(),
+                    })
+                    .inc();
+                self.skipped.insert(inode);
+                return None;
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "Cannot read log file head; will retry.");
+                return None;
+            }
+        };
+        let id = FileId {
+            dev: inode.0,
+            ino: inode.1,
+            fingerprint,
+        };
+        let id_text = id.to_string();
+        let mut offset = self.checkpoints.get(&id_text).map_or(0, |c| c.offset);
+        if offset > len {
+            warn!(path = %path.display(), file_id = id_text, checkpoint = offset, size = len, "File is shorter than its checkpoint (truncated while stopped); starting over.");
+            self.metrics.files_truncated.inc();
+            offset = 0;
+        }
+        let format = self.cfg.format.for_path(&path);
+        info!(path = %path.display(), file_id = id_text, %format, offset, size = len, "Tailing file.");
+        let key = self.next_key;
+        self.next_key += 1;
+        self.files_seen += 1;
+        let f = TailedFile::new(id, path, format, file, offset, len, &self.info);
+        self.checkpoints
+            .set(&id_text, &f.path.to_string_lossy(), offset);
+        self.files.insert(key, f);
+        self.by_inode.insert(inode, key);
+        Some(key)
+    }
+
+    /// Drops files that were truncated or rewritten in place; the next scan finds them again.
+    pub(super) fn check_rewritten(&mut self) {
+        let mut dropped = Vec::new();
+        for (key, f) in &mut self.files {
+            if f.gone {
+                continue;
+            }
+            match f.check_rewritten() {
+                Ok(Some(why)) => {
+                    warn!(path = %f.path.display(), file_id = f.id_text, read = f.read_pos, reason = why, "File truncated or rewritten in place; starting over from its beginning.");
+                    dropped.push(*key);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(path = %f.path.display(), error = %e, "Cannot stat log file."),
+            }
+        }
+        for key in dropped {
+            self.metrics.files_truncated.inc();
+            self.close(key, true);
+        }
+    }
+
+    fn close(&mut self, key: u64, forget: bool) {
+        if let Some(f) = self.files.remove(&key) {
+            self.by_inode.remove(&(f.id.dev, f.id.ino));
+            self.metrics.file_lag_bytes.remove(&FileLabel {
+                file: f.file_name(),
+            });
+            if forget {
+                self.checkpoints.remove(&f.id_text);
+            } else {
+                info!(path = %f.path.display(), file_id = f.id_text, offset = f.acks.acked_offset(), "File shipped to its end; closed.");
+            }
+        }
+    }
+
+    /// Growth polling, end-of-file flushes of final records, closing of finished files.
+    pub(super) fn poll_files(&mut self) {
+        let timeout = Duration::from_millis(self.cfg.partial_record_timeout_ms);
+        let once = self.cfg.once;
+        let mut rewritten = false;
+        let mut flush = Vec::new();
+        let mut finished = Vec::new();
+        for (key, f) in &mut self.files {
+            let was_at_end = f.read_pos >= f.size;
+            match f.refresh_size() {
+                Ok(true) if was_at_end => rewritten |= matches!(f.check_rewritten(), Ok(Some(_))),
+                Ok(_) => {}
+                Err(e) => warn!(path = %f.path.display(), error = %e, "Cannot stat log file."),
+            }
+            if f.eof && f.framer.pending_bytes() > 0 {
+                let terminated = f.framer.pending_is_terminated();
+                let idle = f.last_growth.elapsed() >= timeout;
+                if f.gone || idle || (once && terminated) {
+                    flush.push((*key, terminated));
+                }
+            }
+            if f.gone && f.eof && f.is_drained() {
+                finished.push(*key);
+            }
+        }
+        if rewritten {
+            self.check_rewritten();
+        }
+        for (key, terminated) in flush {
+            if !terminated {
+                if let Some(f) = self.files.get(&key) {
+                    warn!(path = %f.path.display(), file_id = f.id_text, bytes = f.framer.pending_bytes(), "Final record has no terminating newline; shipping it as it is.");
+                    self.metrics
+                        .partial_records_flushed
+                        .get_or_create(&Metrics::format(f.format))
+                        .inc();
+                }
+            }
+            self.frame(key, |framer, emit| framer.flush(emit));
+        }
+        for key in finished {
+            self.close(key, false);
+        }
+    }
+
+    /// Checkpoint tick: write moved checkpoints, refresh gauges, report progress, surface a
+    /// fatal producer error.
+    pub(super) fn checkpoint(&mut self) -> Result<(), ShipperError> {
+        if let Some(reason) = self.sink.fatal_error() {
+            return Err(ShipperError::KafkaSetup {
+                topic: self.sink.topic().to_owned(),
+                reason: format!("producer failed fatally: {reason}"),
+            });
+        }
+        self.checkpoints.prune(Duration::from_secs(
+            self.cfg.checkpoint_retention_hours * 3600,
+        ));
+        if self.checkpoints.write_if_dirty()? {
+            self.metrics.checkpoint_writes.inc();
+        }
+        let m = &self.metrics;
+        m.checkpoint_age_seconds.set(self.checkpoints.age_secs());
+        m.in_flight_records.set(self.in_flight_records as i64);
+        m.in_flight_bytes.set(self.in_flight_bytes as i64);
+        m.files_open.set(self.files.len() as i64);
+        m.kafka_up.set(i64::from(!self.sink.brokers_down()));
+        let mut lag = 0u64;
+        for f in self.files.values() {
+            lag += f.lag_bytes();
+            m.file_lag_bytes
+                .get_or_create(&FileLabel {
+                    file: f.file_name(),
+                })
+                .set(f.lag_bytes() as i64);
+        }
+        let pressed = self.in_flight_bytes >= self.cfg.max_in_flight_bytes;
+        if pressed != self.backpressured {
+            self.backpressured = pressed;
+            m.backpressure.set(i64::from(pressed));
+            if pressed {
+                warn!(
+                    in_flight_records = self.in_flight_records,
+                    in_flight_bytes = self.in_flight_bytes,
+                    "Kafka is not acknowledging; reading paused (backpressure)."
+                );
+            } else {
+                info!("Kafka acknowledges again; reading resumed.");
+            }
+        }
+        if self.last_progress.elapsed() >= Duration::from_secs(10) {
+            self.last_progress = Instant::now();
+            info!(
+                read = self.read,
+                shipped = self.shipped,
+                in_flight = self.in_flight_records,
+                lag_bytes = lag,
+                files = self.files.len(),
+                "Progress."
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,319 @@
+//! One tailed log file: identity, reading, framing and the acknowledgement frontier.
+//!
+//! Owns [`FileId`] (device, inode and a fingerprint of the first line: it survives rename and
+//! changes when a file name is reused or a file is rewritten in place), [`AckTracker`] (the
+//! in-order frontier of acknowledged records) and [`TailedFile`]. Invariants: `read_pos` only
+//! grows, except through [`TailedFile::check_rewritten`] which reports that the file must be
+//! dropped; the acknowledged offset is always a record boundary with every record before it
+//! acknowledged. Must not: talk to Kafka or write checkpoints (the pipeline does both).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pgtrail_avro::LogFormat;
+use pgtrail_avro::record::{RecordSource, encode_source};
+
+use crate::framer::Framer;
+use crate::key::KeyExtractor;
+
+/// Bytes of the first line that the fingerprint covers at most.
+pub const FINGERPRINT_BYTES: usize = 1024;
+
+/// Identity of a log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// xxh3 of the first line (at most [`FINGERPRINT_BYTES`]).
+    pub fingerprint: u64,
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}:{:x}:{:016x}", self.dev, self.ino, self.fingerprint)
+    }
+}
+
+/// What the first bytes of a file say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Not enough bytes yet for a fingerprint (no complete first line).
+    NotReady,
+    /// Contains NUL bytes: not a PostgreSQL text log.
+    Binary,
+    /// The fingerprint.
+    Ready(u64),
+}
+
+/// Reads the head of `file` and fingerprints its first line.
+pub fn read_head(file: &File) -> std::io::Result<Head> {
+    let mut buf = [0u8; FINGERPRINT_BYTES];
+    let mut n = 0;
+    while n < buf.len() {
+        let got = file.read_at(&mut buf[n..], n as u64)?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    let head = &buf[..n];
+    if memchr::memchr(0, head).is_some() {
+        return Ok(Head::Binary);
+    }
+    let line = match memchr::memchr(b'\n', head) {
+        Some(p) => &head[..=p],
+        None if n == FINGERPRINT_BYTES => head,
+        None => return Ok(Head::NotReady),
+    };
+    Ok(Head::Ready(xxhash_rust::xxh3::xxh3_64(line)))
+}
+
+/// Tracks produced records of one file in file order and advances the acknowledged offset
+/// only across a contiguous prefix of acknowledged records.
+#[derive(Debug)]
+pub struct AckTracker {
+    base_seq: u64,
+    /// End offsets of produced records from `base_seq` on, with their acknowledged flag.
+    slots: VecDeque<(u64, bool)>,
+    acked_offset: u64,
+}
+
+impl AckTracker {
+    /// A tracker whose records before `offset` are already acknowledged.
+    pub fn new(offset: u64) -> Self {
+        AckTracker {
+            base_seq: 0,
+            slots: VecDeque::new(),
+            acked_offset: offset,
+        }
+    }
+
+    /// Registers the next produced record, which ends at `end`; returns its sequence number.
+    pub fn push(&mut self, end: u64) -> u64 {
+        self.slots.push_back((end, false));
+        self.base_seq + self.slots.len() as u64 - 1
+    }
+
+    /// Marks `seq` acknowledged; returns the new acknowledged offset when it moved.
+    pub fn ack(&mut self, seq: u64) -> Option<u64> {
+        let idx = usize::try_from(seq.checked_sub(self.base_seq)?).ok()?;
+        self.slots.get_mut(idx)?.1 = true;
+        let before = self.acked_offset;
+        while let Some(&(end, true)) = self.slots.front() {
+            self.acked_offset = end;
+            self.slots.pop_front();
+            self.base_seq += 1;
+        }
+        (self.acked_offset != before).then_some(self.acked_offset)
+    }
+
+    /// Every record before this offset is acknowledged.
+    pub fn acked_offset(&self) -> u64 {
+        self.acked_offset
+    }
+
+    /// Records produced and not acknowledged, including acknowledged ones behind a gap.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// A log file being shipped.
+pub struct TailedFile {
+    /// Identity.
+    pub id: FileId,
+    /// `id` as text (checkpoint key and envelope `file_id`).
+    pub id_text: String,
+    /// Path it was last seen at.
+    pub path: PathBuf,
+    /// Format.
+    pub format: LogFormat,
+    /// The open file (kept open so a deleted or renamed file can be read to its end).
+    pub file: File,
+    /// Next byte to read.
+    pub read_pos: u64,
+    /// Size at the last stat.
+    pub size: u64,
+    /// When the file last grew (or was opened).
+    pub last_growth: Instant,
+    /// The path no longer matches any glob (renamed away or deleted).
+    pub gone: bool,
+    /// The last read returned nothing; set again by [`TailedFile::refresh_size`] on growth.
+    pub eof: bool,
+    /// Framer state.
+    pub framer: Framer,
+    /// Acknowledgement frontier.
+    pub acks: AckTracker,
+    /// Session key finder.
+    pub keys: KeyExtractor,
+    /// Pre-encoded per-file part of the Avro envelope.
+    pub encoded_source: Vec<u8>,
+}
+
+/// Per-shipper facts every file's envelope carries.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    /// Logical server name.
+    pub server: String,
+    /// Host name.
+    pub host: String,
+    /// The `log_line_prefix` for stderr keys.
+    pub log_line_prefix: String,
+    /// Largest record shipped whole.
+    pub max_record_bytes: usize,
+}
+
+impl TailedFile {
+    /// Starts tailing `file` at `offset` (a checkpoint or 0).
+    pub fn new(
+        id: FileId,
+        path: PathBuf,
+        format: LogFormat,
+        file: File,
+        offset: u64,
+        size: u64,
+        info: &SourceInfo,
+    ) -> Self {
+        let id_text = id.to_string();
+        let encoded_source = source_bytes(info, format, &path, &id_text);
+        TailedFile {
+            id,
+            id_text,
+            format,
+            file,
+            read_pos: offset,
+            size,
+            last_growth: Instant::now(),
+            gone: false,
+            eof: false,
+            framer: Framer::new(format, info.max_record_bytes, offset),
+            acks: AckTracker::new(offset),
+            keys: KeyExtractor::new(format, &info.log_line_prefix),
+            encoded_source,
+            path,
+        }
+    }
+
+    /// Records a new path (renamed within the globs).
+    pub fn renamed(&mut self, path: PathBuf, info: &SourceInfo) {
+        self.encoded_source = source_bytes(info, self.format, &path, &self.id_text);
+        self.path = path;
+    }
+
+    /// Reads the next chunk into `buf` (cleared first); returns the number of bytes.
+    pub fn read_chunk(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+        buf.clear();
+        buf.resize(max, 0);
+        let n = self.file.read_at(buf, self.read_pos)?;
+        buf.truncate(n);
+        self.eof = n == 0;
+        self.read_pos += n as u64;
+        if self.read_pos > self.size {
+            self.size = self.read_pos;
+        }
+        Ok(n)
+    }
+
+    /// Stats the open file; returns `true` when it has bytes not read yet.
+    pub fn refresh_size(&mut self) -> std::io::Result<bool> {
+        let len = self.file.metadata()?.len();
+        if len > self.size {
+            self.last_growth = Instant::now();
+        }
+        self.size = len;
+        if len > self.read_pos {
+            self.eof = false;
+        }
+        Ok(len > self.read_pos)
+    }
+
+    /// Whether the file was truncated or rewritten in place since it was opened: it shrank
+    /// below what was read, or its first line changed (`log_truncate_on_rotation` reusing a
+    /// name, which may already have grown past our position).
+    pub fn check_rewritten(&mut self) -> std::io::Result<Option<&'static str>> {
+        let meta = self.file.metadata()?;
+        if meta.len() < self.read_pos {
+            return Ok(Some("file shrank below the read position"));
+        }
+        if meta.ino() != self.id.ino {
+            return Ok(None);
+        }
+        match read_head(&self.file)? {
+            Head::Ready(fp) if fp != self.id.fingerprint => Ok(Some("first line changed")),
+            Head::NotReady if self.read_pos > 0 => Ok(Some("first line is gone")),
+            _ => Ok(None),
+        }
+    }
+
+    /// Unacknowledged bytes of this file.
+    pub fn lag_bytes(&self) -> u64 {
+        self.size.saturating_sub(self.acks.acked_offset())
+    }
+
+    /// Everything read was framed, produced and acknowledged.
+    pub fn is_drained(&self) -> bool {
+        self.read_pos >= self.size && self.framer.pending_bytes() == 0 && self.acks.in_flight() == 0
+    }
+
+    /// Base name for metric labels.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
+}
+
+fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str) -> Vec<u8> {
+    encode_source(&RecordSource {
+        server: info.server.clone(),
+        host: info.host.clone(),
+        shipper_version: env!("CARGO_PKG_VERSION").to_owned(),
+        format,
+        source_path: path.to_string_lossy().into_owned(),
+        file_id: id_text.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_frontier_moves_only_over_contiguous_acks() {
+        let mut t = AckTracker::new(10);
+        let a = t.push(20);
+        let b = t.push(35);
+        let c = t.push(50);
+        assert_eq!(t.ack(b), None, "b is behind the unacknowledged a");
+        assert_eq!(t.acked_offset(), 10);
+        assert_eq!(t.ack(a), Some(35));
+        assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.ack(c), Some(50));
+        assert_eq!(t.ack(c), None, "late duplicate ack is ignored");
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn head_fingerprint_needs_a_first_line_and_rejects_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.log");
+        std::fs::write(&p, b"2026 LOG:  x").unwrap();
+        assert_eq!(read_head(&File::open(&p).unwrap()).unwrap(), Head::NotReady);
+        std::fs::write(&p, b"2026 LOG:  x\nmore").unwrap();
+        let Head::Ready(fp) = read_head(&File::open(&p).unwrap()).unwrap() else {
+            panic!()
+        };
+        std::fs::write(&p, b"2026 LOG:  x\nother tail").unwrap();
+        assert_eq!(
+            read_head(&File::open(&p).unwrap()).unwrap(),
+            Head::Ready(fp)
+        );
+        std::fs::write(&p, b"\x1f\x8b\x08\x00\x00\x00binary\n").unwrap();
+        assert_eq!(read_head(&File::open(&p).unwrap()).unwrap(), Head::Binary);
+    }
+}

@@ -1,0 +1,88 @@
+//! Baseline for the shipping benchmark: sends the same records as the shipper, with the same
+//! producer settings and message encoding, but with no framing, no checkpointing and no rate
+//! limiting. Records are split and encoded before the clock starts; the clock stops when
+//! Kafka acknowledged the last one.
+//!
+//! Usage: `pgtrail-baseline-producer BROKERS TOPIC FILE...` (csvlog files). Prints one line:
+//! `baseline records=N seconds=S records_per_sec=R`.
+
+use std::time::{Duration, Instant};
+
+use pgtrail_avro::{Encoder, LogFormat, RecordFields, RecordSource};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [brokers, topic, files @ ..] = args.as_slice() else {
+        eprintln!("usage: pgtrail-baseline-producer BROKERS TOPIC FILE...");
+        std::process::exit(2);
+    };
+    let encoder = Encoder::single_object();
+    let mut messages: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for path in files {
+        let bytes = std::fs::read(path).expect("read file");
+        let source = pgtrail_avro::record::encode_source(&RecordSource {
+            server: "baseline".into(),
+            host: "bench".into(),
+            shipper_version: "baseline".into(),
+            format: LogFormat::Csvlog,
+            source_path: path.clone(),
+            file_id: path.clone(),
+        });
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&bytes[..]);
+        let mut rec = csv::ByteRecord::new();
+        let mut start = 0u64;
+        while reader.read_byte_record(&mut rec).expect("csv") {
+            let end = reader.position().byte();
+            let data = &bytes[start as usize..end as usize];
+            let key = rec.get(5).unwrap_or_default().to_vec();
+            let payload = encoder.encode(
+                &source,
+                RecordFields {
+                    offset: start as i64,
+                    data,
+                    read_at_micros: 0,
+                    original_length: None,
+                },
+            );
+            messages.push((key, payload));
+            start = end;
+        }
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "32768")
+        .create()
+        .expect("producer");
+    let started = Instant::now();
+    for (key, payload) in &messages {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(600)).expect("flush");
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "baseline records={} seconds={secs:.3} records_per_sec={:.0}",
+        messages.len(),
+        messages.len() as f64 / secs
+    );
+}

@@ -1,0 +1,147 @@
+//! Builds and runs pgtrail's binaries as child processes.
+//!
+//! Owns [`binary`] (builds the workspace binaries once per test process with the same cargo
+//! profile) and [`Shipper`] (a running `pgtrail-shipper`, killable with SIGKILL). Must not:
+//! call product code in-process; crash tests need real processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary, built on first use (`cargo build --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    BUILT.get_or_init(|| {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--bins", "--workspace"])
+            .current_dir(crate::workspace_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    profile_dir.join(name)
+}
+
+/// A running shipper.
+pub struct Shipper {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Shipper {
+    /// Starts `pgtrail-shipper` with `args`; its stderr goes to `log`.
+    pub fn spawn(args: &[String], log: &Path) -> Shipper {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("shipper log");
+        let child = Command::new(binary("pgtrail-shipper"))
+            .args(args)
+            .env("PGTRAIL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn shipper");
+        Shipper {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Waits for exit, at most `timeout`; panics with the log on timeout.
+    pub fn wait(mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "shipper did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, no chance to flush or checkpoint.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait.
+    pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shipper ignored SIGTERM; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Common shipper arguments for a test.
+pub fn shipper_args(
+    server: &str,
+    globs: &[String],
+    brokers: &str,
+    state: &Path,
+    prefix: &str,
+) -> Vec<String> {
+    let mut a = vec![
+        "--server".into(),
+        server.into(),
+        "--brokers".into(),
+        brokers.into(),
+        "--state-dir".into(),
+        state.to_string_lossy().into_owned(),
+        "--log-line-prefix".into(),
+        prefix.into(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
+        "--max-records-per-sec".into(),
+        "0".into(),
+    ];
+    for g in globs {
+        a.push("--logs".into());
+        a.push(g.clone());
+    }
+    a
+}
