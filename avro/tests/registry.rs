@@ -1,6 +1,8 @@
 //! Schema Registry interaction against an in-process HTTP server implementing the endpoints
 //! pgtrail uses: `POST /subjects/{subject}/versions` and `GET /schemas/ids/{id}`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -55,6 +55,10 @@ pub struct Cli {
     /// Address of the Prometheus metrics endpoint, `none` to disable.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Ship into an in-process Kafka (librdkafka mock cluster) instead of `--brokers`, and
+    /// print what landed in the topic at the end. For trying pgtrail and dry runs only.
+    #[arg(long)]
+    pub embedded_kafka: bool,
     /// Log output: `text` or `json`.
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -329,6 +333,20 @@ mod tests {
         assert_eq!(cfg.topic(), "pgaudit.raw.primary");
         let err = Config::from_toml("server = \"p\"\nbrokerz = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid_and_matches_defaults() {
+        let text = include_str!("../pgtrail-shipper.example.toml");
+        let cfg = Config::from_toml(text).unwrap();
+        cfg.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(cfg.max_records_per_sec, d.max_records_per_sec);
+        assert_eq!(cfg.max_record_bytes, d.max_record_bytes);
+        assert_eq!(cfg.max_in_flight_bytes, d.max_in_flight_bytes);
+        assert_eq!(cfg.partial_record_timeout_ms, d.partial_record_timeout_ms);
+        assert_eq!(cfg.metrics_addr, d.metrics_addr);
+        assert_eq!(cfg.topic_partitions, d.topic_partitions);
     }
 
     #[test]

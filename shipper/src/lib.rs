@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod framer;
 pub mod kafka;

@@ -26,15 +26,43 @@ fn init_tracing(format: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
-    let cfg = match Config::load(&cli) {
+    let mut cfg = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "Invalid configuration.");
             return ExitCode::from(e.exit_code() as u8);
         }
     };
+    let embedded = if cli.embedded_kafka {
+        match shipper::embedded::EmbeddedKafka::start(&cfg.topic(), cfg.topic_partitions) {
+            Ok(k) => {
+                cfg.brokers = k.bootstrap();
+                cfg.create_topic = false;
+                tracing::info!(
+                    brokers = cfg.brokers,
+                    "Using embedded Kafka (in-process, not durable)."
+                );
+                Some(k)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot start embedded Kafka.");
+                return ExitCode::from(e.exit_code() as u8);
+            }
+        }
+    } else {
+        None
+    };
+    let topic = cfg.topic();
+    let brokers = cfg.brokers.clone();
     match run(cfg) {
-        Ok(code) => code,
+        Ok((code, shipped)) if embedded.is_some() => {
+            match shipper::embedded::summarize(&brokers, &topic, shipped) {
+                Ok(summary) => println!("Topic {topic} now holds:\n{summary}"),
+                Err(e) => tracing::error!(error = %e, "Cannot read the embedded topic back."),
+            }
+            code
+        }
+        Ok((code, _)) => code,
         Err(e) => {
             tracing::error!(error = %e, "Shipper failed to start.");
             ExitCode::FAILURE
@@ -42,7 +70,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Config) -> anyhow::Result<ExitCode> {
+fn run(cfg: Config) -> anyhow::Result<(ExitCode, u64)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -64,11 +92,11 @@ fn run(cfg: Config) -> anyhow::Result<ExitCode> {
                     drained = summary.drained,
                     "Shipper stopped."
                 );
-                ExitCode::SUCCESS
+                (ExitCode::SUCCESS, summary.records_shipped)
             }
             Err(e) => {
                 tracing::error!(error = %e, class = ?e.class(), "Shipper stopped on an error.");
-                ExitCode::from(e.exit_code() as u8)
+                (ExitCode::from(e.exit_code() as u8), 0)
             }
         })
     })

@@ -324,10 +324,10 @@ impl Shipper {
     fn pump(&mut self) -> Result<(), ShipperError> {
         let now = Instant::now();
         while self.retry.front().is_some_and(|(t, _)| *t <= now) {
-            if let Some((_, out)) = self.retry.pop_front() {
-                if !self.send(out)? {
-                    return Ok(());
-                }
+            if let Some((_, out)) = self.retry.pop_front()
+                && !self.send(out)?
+            {
+                return Ok(());
             }
         }
         let mut budget = 4096usize;
@@ -341,13 +341,13 @@ impl Shipper {
                 }
                 continue;
             }
-            if let Some(limiter) = &self.limiter {
-                if let Err(not_until) = limiter.check() {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    self.wait_until = Some(Instant::now() + wait);
-                    self.metrics.rate_limited.inc();
-                    return Ok(());
-                }
+            if let Some(limiter) = &self.limiter
+                && let Err(not_until) = limiter.check()
+            {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                self.wait_until = Some(Instant::now() + wait);
+                self.metrics.rate_limited.inc();
+                return Ok(());
             }
             let Some(out) = self.ready.pop_front() else {
                 continue;
@@ -417,11 +417,11 @@ impl Shipper {
                     .bytes_shipped
                     .get_or_create(&label)
                     .inc_by(u64::from(o.record_len));
-                if let Some(f) = self.files.get_mut(&o.file_key) {
-                    if let Some(offset) = f.acks.ack(o.seq) {
-                        self.checkpoints
-                            .set(&f.id_text, &f.path.to_string_lossy(), offset);
-                    }
+                if let Some(f) = self.files.get_mut(&o.file_key)
+                    && let Some(offset) = f.acks.ack(o.seq)
+                {
+                    self.checkpoints
+                        .set(&f.id_text, &f.path.to_string_lossy(), offset);
                 }
             }
             Err(fail) => {

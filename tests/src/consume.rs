@@ -31,12 +31,11 @@ pub fn partitions(brokers: &str, topic: &str) -> Vec<i32> {
     let consumer = consumer(brokers);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            if let Some(t) = md.topics().iter().find(|t| t.name() == topic) {
-                if !t.partitions().is_empty() {
-                    return t.partitions().iter().map(|p| p.id()).collect();
-                }
-            }
+        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+            && let Some(t) = md.topics().iter().find(|t| t.name() == topic)
+            && !t.partitions().is_empty()
+        {
+            return t.partitions().iter().map(|p| p.id()).collect();
         }
         assert!(Instant::now() < deadline, "topic {topic} did not appear");
         std::thread::sleep(Duration::from_millis(200));

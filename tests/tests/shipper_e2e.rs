@@ -1,6 +1,8 @@
 //! End to end against Tansu with real PostgreSQL logs: `--once` ships exactly the records in
 //! the files of a primary and a streaming replica; SIGTERM drains and checkpoints.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 

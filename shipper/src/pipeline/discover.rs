@@ -194,14 +194,12 @@ impl Shipper {
             self.check_rewritten();
         }
         for (key, terminated) in flush {
-            if !terminated {
-                if let Some(f) = self.files.get(&key) {
-                    warn!(path = %f.path.display(), file_id = f.id_text, bytes = f.framer.pending_bytes(), "Final record has no terminating newline; shipping it as it is.");
-                    self.metrics
-                        .partial_records_flushed
-                        .get_or_create(&Metrics::format(f.format))
-                        .inc();
-                }
+            if !terminated && let Some(f) = self.files.get(&key) {
+                warn!(path = %f.path.display(), file_id = f.id_text, bytes = f.framer.pending_bytes(), "Final record has no terminating newline; shipping it as it is.");
+                self.metrics
+                    .partial_records_flushed
+                    .get_or_create(&Metrics::format(f.format))
+                    .inc();
             }
             self.frame(key, |framer, emit| framer.flush(emit));
         }

@@ -9,6 +9,8 @@
 use std::time::{Duration, Instant};
 
 use pgtrail_avro::{Encoder, LogFormat, RecordFields, RecordSource};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -65,6 +67,22 @@ fn main() {
         .set("queue.buffering.max.kbytes", "32768")
         .create()
         .expect("producer");
+    // Same topic layout as the shipper creates by default.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let created = rt.block_on(admin.create_topics(
+        [&NewTopic::new(topic, 6, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ));
+    if let Err(e) = created {
+        eprintln!("create topic: {e}");
+    }
     let started = Instant::now();
     for (key, payload) in &messages {
         let mut record = BaseRecord::to(topic).key(key).payload(payload);
