@@ -168,6 +168,53 @@ pub struct SinkSettings {
     pub properties: BTreeMap<String, String>,
 }
 
+impl SinkSettings {
+    /// The settings a shipper with configuration `cfg` uses.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        SinkSettings {
+            brokers: cfg.brokers.clone(),
+            topic: cfg.topic(),
+            client_id: format!("pgtrail-shipper-{}", cfg.server),
+            max_message_bytes: cfg.max_record_bytes + 64 * 1024,
+            queue_bytes: cfg.max_in_flight_bytes * 2,
+            properties: cfg.kafka_properties.clone(),
+        }
+    }
+}
+
+/// The librdkafka producer configuration the shipper uses (also used by the benchmark's
+/// baseline producer, so both send with exactly the same settings).
+pub fn producer_config(s: &SinkSettings) -> Result<ClientConfig, ShipperError> {
+    let mut cfg = ClientConfig::new();
+    for (k, v) in &s.properties {
+        if PROTECTED.contains(&k.as_str()) {
+            return Err(ShipperError::KafkaSetup {
+                topic: s.topic.clone(),
+                reason: format!("kafka property {k} cannot be overridden"),
+            });
+        }
+        cfg.set(k, v);
+    }
+    cfg.set("bootstrap.servers", &s.brokers)
+        .set("client.id", &s.client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set(
+            "queue.buffering.max.kbytes",
+            (s.queue_bytes / 1024).max(1024).to_string(),
+        )
+        .set(
+            "message.max.bytes",
+            s.max_message_bytes.max(1_000_000).to_string(),
+        );
+    Ok(cfg)
+}
+
 impl KafkaSink {
     /// Creates the producer; delivery reports go to the returned receiver.
     pub fn new(
@@ -177,30 +224,7 @@ impl KafkaSink {
             topic: s.topic.clone(),
             reason,
         };
-        let mut cfg = ClientConfig::new();
-        for (k, v) in &s.properties {
-            if PROTECTED.contains(&k.as_str()) {
-                return Err(setup(format!("kafka property {k} cannot be overridden")));
-            }
-            cfg.set(k, v);
-        }
-        cfg.set("bootstrap.servers", &s.brokers)
-            .set("client.id", &s.client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "0")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "20")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set(
-                "queue.buffering.max.kbytes",
-                (s.queue_bytes / 1024).max(1024).to_string(),
-            )
-            .set(
-                "message.max.bytes",
-                s.max_message_bytes.max(1_000_000).to_string(),
-            );
+        let cfg = producer_config(s)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let brokers_down = Arc::new(AtomicBool::new(false));
         let ctx = SinkContext {

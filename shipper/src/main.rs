@@ -13,8 +13,10 @@ use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_env("PGTRAIL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

@@ -110,14 +110,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
         }
         None => Encoder::single_object(),
     };
-    let (sink, deliveries) = KafkaSink::new(&SinkSettings {
-        brokers: cfg.brokers.clone(),
-        topic: topic.clone(),
-        client_id: format!("pgtrail-shipper-{}", cfg.server),
-        max_message_bytes: cfg.max_record_bytes + 64 * 1024,
-        queue_bytes: cfg.max_in_flight_bytes * 2,
-        properties: cfg.kafka_properties.clone(),
-    })?;
+    let (sink, deliveries) = KafkaSink::new(&SinkSettings::from_config(&cfg))?;
     if cfg.create_topic {
         sink.ensure_topic(
             &cfg.brokers,

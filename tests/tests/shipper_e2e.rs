@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use pgtrail_avro::LogFormat;
-use pgtrail_tests::broker::Broker;
+use pgtrail_tests::broker::{Broker, free_port};
 use pgtrail_tests::consume::consume_all;
 use pgtrail_tests::pglogs::{PgLogs, expected_records};
 use pgtrail_tests::process::{Shipper, shipper_args};
@@ -142,13 +142,16 @@ fn sigterm_drains_and_a_restart_ships_nothing_twice() {
     .unwrap()
     .trim_end_matches('\n')
     .to_owned();
-    let args = shipper_args(
+    let mut args = shipper_args(
         "sigterm",
         &[format!("{}/*", sample.display())],
         &broker.bootstrap(),
         state.path(),
         &prefix,
     );
+    let metrics_port = free_port();
+    let at = args.iter().position(|a| a == "127.0.0.1:0").unwrap();
+    args[at] = format!("127.0.0.1:{metrics_port}");
     let log = state.path().join("shipper.log");
     let expected = expected_records(&sample);
     let shipper = Shipper::spawn(&args, &log);
@@ -160,6 +163,42 @@ fn sigterm_drains_and_a_restart_ships_nothing_twice() {
         Duration::from_secs(30),
     );
     assert_eq!(first.len(), expected.len());
+    // The metrics endpoint counts what was read and acknowledged, per format.
+    let count = |f: &str| {
+        expected
+            .iter()
+            .filter(|r| LogFormat::from_path(std::path::Path::new(&r.path)).to_string() == f)
+            .count()
+    };
+    let shipped_csv = format!(
+        "pgtrail_shipper_records_shipped_total{{format=\"csvlog\"}} {}",
+        count("csvlog")
+    );
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http_get(metrics_port, "/metrics");
+        if metrics.contains(&shipped_csv) && metrics.contains("pgtrail_shipper_in_flight_records 0")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for f in ["csvlog", "jsonlog", "stderr"] {
+        for name in ["records_read_total", "records_shipped_total"] {
+            let line = format!("pgtrail_shipper_{name}{{format=\"{f}\"}} {}", count(f));
+            assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+        }
+    }
+    for name in [
+        "pgtrail_shipper_file_lag_bytes{file=",
+        "pgtrail_shipper_checkpoint_age_seconds",
+        "pgtrail_shipper_kafka_up 1",
+        "pgtrail_shipper_backpressure 0",
+        "pgtrail_shipper_in_flight_records 0",
+    ] {
+        assert!(metrics.contains(name), "missing {name:?} in\n{metrics}");
+    }
+    assert_eq!(http_get(metrics_port, "/healthz"), "ok");
     let status = shipper.terminate(Duration::from_secs(40));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(status.success(), "{status}\n{text}");
@@ -180,4 +219,16 @@ fn sigterm_drains_and_a_restart_ships_nothing_twice() {
         expected.len(),
         "no record shipped twice after a clean stop"
     );
+}
+
+/// A minimal HTTP/1.0 GET; returns the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }

@@ -314,3 +314,52 @@ fn bad_input_is_shipped_or_skipped_without_losing_neighbours() {
     assert!(log.contains("binary data"), "{log}");
     assert!(log.contains("shipping it truncated"), "{log}");
 }
+
+#[test]
+fn rate_limit_holds_records_per_second() {
+    let broker = Broker::start();
+    let recs = records();
+    let logs = tempdir("rate");
+    let state = tempdir("state");
+    append(&logs.path().join("postgresql-1.csv"), &recs[0..600]);
+    let mut args = shipper_args(
+        "rate",
+        &[format!("{}/*.csv", logs.path().display())],
+        &broker.bootstrap(),
+        state.path(),
+        "%m [%p] ",
+    );
+    let at = args
+        .iter()
+        .position(|a| a == "--max-records-per-sec")
+        .unwrap();
+    args[at + 1] = "300".into();
+    args.extend([
+        "--config".into(),
+        config(state.path(), "burst_records = 100\n"),
+        "--once".into(),
+    ]);
+    let log_path = state.path().join("shipper.log");
+    let status = Shipper::spawn(&args, &log_path).wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "{log}");
+    // 600 records at 300/s with a burst of 100 need at least (600 - 100) / 300 s.
+    let line = log
+        .lines()
+        .find(|l| l.contains("Shipped everything present"))
+        .expect("summary line");
+    let secs: f64 = line
+        .split("seconds=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds in {line:?}"));
+    assert!(secs >= 1.6, "600 records at 300/s took only {secs} s");
+    let shipped = consume_all(
+        &broker.bootstrap(),
+        "pgaudit.raw.rate",
+        600,
+        Duration::from_secs(10),
+    );
+    assert_eq!(data_set(&shipped).len(), 600);
+}

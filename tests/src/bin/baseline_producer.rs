@@ -1,5 +1,5 @@
 //! Baseline for the shipping benchmark: sends the same records as the shipper, with the same
-//! producer settings and message encoding, but with no framing, no checkpointing and no rate
+//! producer settings (`shipper::kafka::producer_config`) and message encoding, but with no framing, no checkpointing and no rate
 //! limiting. Records are split and encoded before the clock starts; the clock stops when
 //! Kafka acknowledged the last one.
 //!
@@ -55,18 +55,18 @@ fn main() {
             start = end;
         }
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "0")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "32768")
-        .create()
-        .expect("producer");
+    // Exactly the shipper's producer settings, from the shipper's own code.
+    let cfg = shipper::Config {
+        server: "baseline".into(),
+        brokers: brokers.clone(),
+        topic: Some(topic.clone()),
+        ..shipper::Config::default()
+    };
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        shipper::kafka::producer_config(&shipper::kafka::SinkSettings::from_config(&cfg))
+            .expect("producer settings")
+            .create()
+            .expect("producer");
     // Same topic layout as the shipper creates by default.
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
