@@ -117,6 +117,18 @@ impl Drop for Shipper {
     }
 }
 
+/// Runs the shipper with `args` (which should include `--once`) to completion; asserts it
+/// exited 0 within `timeout` and returns its log.
+pub fn run_shipper_once(args: &[String], log: &Path, timeout: Duration) -> String {
+    let status = Shipper::spawn(args, log).wait(timeout);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "shipper exited with {status}; log:\n{text}"
+    );
+    text
+}
+
 /// Common shipper arguments for a test.
 pub fn shipper_args(
     server: &str,

@@ -10,7 +10,7 @@ use pgtrail_avro::LogFormat;
 use pgtrail_tests::broker::{Broker, free_port};
 use pgtrail_tests::consume::consume_all;
 use pgtrail_tests::pglogs::{PgLogs, expected_records};
-use pgtrail_tests::process::{Shipper, shipper_args};
+use pgtrail_tests::process::{Shipper, run_shipper_once, shipper_args};
 use pgtrail_tests::tempdir;
 
 #[test]
@@ -29,12 +29,10 @@ fn once_ships_exactly_the_records_of_primary_and_replica() {
             &prefix,
         );
         args.push("--once".into());
-        let log = state.path().join("shipper.log");
-        let status = Shipper::spawn(&args, &log).wait(Duration::from_secs(180));
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            status.success(),
-            "{server}: shipper failed: {status}\n{text}"
+        run_shipper_once(
+            &args,
+            &state.path().join("shipper.log"),
+            Duration::from_secs(180),
         );
 
         let expected = expected_records(&dir);

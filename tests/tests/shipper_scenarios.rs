@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use pgtrail_tests::broker::Broker;
 use pgtrail_tests::consume::{Shipped, consume_all};
 use pgtrail_tests::pglogs::{PgLogs, expected_records};
-use pgtrail_tests::process::{Shipper, shipper_args};
+use pgtrail_tests::process::{Shipper, run_shipper_once, shipper_args};
 use pgtrail_tests::tempdir;
 
 /// Real csvlog records of a generated primary, each unique; generated once per test binary.
@@ -278,10 +278,11 @@ fn bad_input_is_shipped_or_skipped_without_losing_neighbours() {
         config(state.path(), "max_record_bytes = 4096\n"),
         "--once".into(),
     ]);
-    let log_path = state.path().join("shipper.log");
-    let status = Shipper::spawn(&args, &log_path).wait(Duration::from_secs(60));
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(status.success(), "{log}");
+    let log = run_shipper_once(
+        &args,
+        &state.path().join("shipper.log"),
+        Duration::from_secs(60),
+    );
     let shipped = consume_all(
         &broker.bootstrap(),
         "pgaudit.raw.bad",
@@ -339,10 +340,11 @@ fn rate_limit_holds_records_per_second() {
         config(state.path(), "burst_records = 100\n"),
         "--once".into(),
     ]);
-    let log_path = state.path().join("shipper.log");
-    let status = Shipper::spawn(&args, &log_path).wait(Duration::from_secs(60));
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(status.success(), "{log}");
+    let log = run_shipper_once(
+        &args,
+        &state.path().join("shipper.log"),
+        Duration::from_secs(60),
+    );
     // 600 records at 300/s with a burst of 100 need at least (600 - 100) / 300 s.
     let line = log
         .lines()
