@@ -1,4 +1,8 @@
 //! pgtrail processor: consumes the raw log record topics and writes Delta Lake audit tables.
 //!
-//! Placeholder until the processor issue lands: the crate exists so the workspace layout is
-//! final. Must not: depend on the shipper.
+//! This crate so far holds the parsing layer (`parse`): csvlog, jsonlog and stderr records into
+//! one [`parse::LogRecord`] shape, and pgaudit entries into [`parse::pgaudit::AuditEntry`]. The
+//! Kafka consumer, outcome tracking, Delta writer and binary come with the processor issue.
+//! Must not: depend on the shipper.
+
+pub mod parse;

@@ -1,0 +1,60 @@
+//! Parsing of raw PostgreSQL log records: csvlog, jsonlog, stderr (with the server's
+//! `log_line_prefix`), and the pgaudit entries inside them.
+//!
+//! Owns the format parsers in `parse/` and [`ServerFormat`], the per-server parsing settings.
+//! Invariants: parsers are pure (bytes in, record or reason out) and never panic on any input
+//! (property-tested, fuzzable); an unparseable record is an `Err` with a reason for the
+//! dead-letter topic. Must not: do I/O or hold state across records (except
+//! [`stderr::StderrAssembler`], explicitly).
+
+pub mod csvlog;
+pub mod jsonlog;
+pub mod pgaudit;
+pub mod prefix;
+pub mod record;
+pub mod stderr;
+pub mod time;
+
+use chrono_tz::Tz;
+use pgtrail_avro::LogFormat;
+
+pub use record::LogRecord;
+
+/// How one server's logs are parsed.
+#[derive(Debug, Clone)]
+pub struct ServerFormat {
+    /// IANA zone resolving zone abbreviations (`None`: only UTC/GMT/numeric accepted).
+    pub zone: Option<Tz>,
+    /// The server's compiled `log_line_prefix`.
+    pub prefix: prefix::Prefix,
+}
+
+impl ServerFormat {
+    /// Settings from the server's `log_line_prefix` and optional IANA zone name.
+    pub fn new(log_line_prefix: &str, zone: Option<&str>) -> Result<Self, String> {
+        let zone = zone
+            .map(|z| z.parse::<Tz>().map_err(|e| format!("time zone {z:?}: {e}")))
+            .transpose()?;
+        Ok(ServerFormat {
+            zone,
+            prefix: prefix::Prefix::new(log_line_prefix, zone)?,
+        })
+    }
+}
+
+/// A parsed record: the log record, and for stderr whether it is an auxiliary line.
+pub fn parse_record(
+    format: LogFormat,
+    data: &[u8],
+    server: &ServerFormat,
+) -> Result<(LogRecord, stderr::LineKind), String> {
+    match format {
+        LogFormat::Csvlog => {
+            csvlog::parse_csvlog(data, server.zone).map(|r| (r, stderr::LineKind::Primary))
+        }
+        LogFormat::Jsonlog => {
+            jsonlog::parse_jsonlog(data, server.zone).map(|r| (r, stderr::LineKind::Primary))
+        }
+        LogFormat::Stderr => stderr::parse_stderr_line(data, &server.prefix),
+    }
+}

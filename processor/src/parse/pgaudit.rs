@@ -1,0 +1,196 @@
+//! pgaudit entries: everything after `AUDIT: ` is one CSV record of 9 or 10 fields.
+//!
+//! Owns [`AuditEntry`], [`parse_audit`] and [`normalize_statement`]. Matches on the message
+//! text, not the severity (pgaudit may log at NOTICE/WARNING), and accepts the
+//! `log_error_verbosity = verbose` form `00000: AUDIT: ...`. Sentinels (`<not logged>`,
+//! `<none>`, `<previously logged>`) become enum variants; SET/RESET under MISC become class
+//! `MISC_SET`. Must not: fill `<previously logged>` statements (that needs session state,
+//! kept by the caller).
+
+use serde::Serialize;
+
+/// A statement field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Statement {
+    /// The text, normalized (see [`normalize_statement`]).
+    Text(String),
+    /// `<not logged>`.
+    NotLogged,
+    /// `<previously logged>`: the same statement as an earlier entry of the session.
+    PreviouslyLogged,
+}
+
+/// The parameter field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Parameters {
+    /// `<not logged>` (parameter logging off).
+    NotLogged,
+    /// `<none>`: the statement had no parameters.
+    None,
+    /// `<previously logged>`.
+    PreviouslyLogged,
+    /// The values, each as logged (may be `<long param suppressed>`).
+    Values(Vec<String>),
+}
+
+/// One pgaudit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// SESSION or OBJECT.
+    pub audit_type: String,
+    /// Statement id within the backend.
+    pub statement_id: i64,
+    /// Substatement id within the statement.
+    pub substatement_id: i64,
+    /// READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET.
+    pub class: String,
+    /// Command tag, e.g. `CREATE TABLE`.
+    pub command: String,
+    /// Object type, e.g. TABLE.
+    pub object_type: Option<String>,
+    /// Fully qualified object name.
+    pub object_name: Option<String>,
+    /// The statement.
+    pub statement: Statement,
+    /// Parameters.
+    pub parameters: Parameters,
+    /// Rows affected/returned (`pgaudit.log_rows = on` only).
+    pub rows: Option<i64>,
+}
+
+/// The pgaudit entry in `message`, `None` when the message is not an audit entry.
+pub fn parse_audit(message: &str) -> Option<Result<AuditEntry, String>> {
+    let body = message.strip_prefix("AUDIT: ").or_else(|| {
+        let (code, rest) = message.split_at_checked(7)?;
+        (code.len() == 7
+            && code.ends_with(": ")
+            && code[..5].bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| rest.strip_prefix("AUDIT: "))
+        .flatten()
+    })?;
+    Some(parse_body(body))
+}
+
+fn parse_body(body: &str) -> Result<AuditEntry, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(body.as_bytes());
+    let mut row = csv::StringRecord::new();
+    if !reader
+        .read_record(&mut row)
+        .map_err(|e| format!("pgaudit: {e}"))?
+    {
+        return Err("pgaudit: empty entry".into());
+    }
+    if !matches!(row.len(), 9 | 10) {
+        return Err(format!("pgaudit: {} fields (expected 9 or 10)", row.len()));
+    }
+    let f = |i: usize| row.get(i).unwrap_or("");
+    let int = |i: usize| {
+        f(i).parse::<i64>()
+            .map_err(|_| format!("pgaudit field {} is not a number: {:?}", i + 1, f(i)))
+    };
+    let command = f(4).to_owned();
+    let mut class = f(3).to_owned();
+    if class == "MISC" && matches!(command.as_str(), "SET" | "RESET") {
+        class = "MISC_SET".into();
+    }
+    let statement = match f(7) {
+        "<not logged>" => Statement::NotLogged,
+        "<previously logged>" => Statement::PreviouslyLogged,
+        s => Statement::Text(normalize_statement(s)),
+    };
+    let parameters = match f(8) {
+        "<not logged>" => Parameters::NotLogged,
+        "<none>" => Parameters::None,
+        "<previously logged>" => Parameters::PreviouslyLogged,
+        list => {
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(list.as_bytes());
+            let mut vals = csv::StringRecord::new();
+            let _ = r
+                .read_record(&mut vals)
+                .map_err(|e| format!("pgaudit parameters: {e}"))?;
+            Parameters::Values(vals.iter().map(str::to_owned).collect())
+        }
+    };
+    Ok(AuditEntry {
+        audit_type: f(0).to_owned(),
+        statement_id: int(1)?,
+        substatement_id: int(2)?,
+        class,
+        command,
+        object_type: (!f(5).is_empty()).then(|| f(5).to_owned()),
+        object_name: (!f(6).is_empty()).then(|| f(6).to_owned()),
+        statement,
+        parameters,
+        rows: if row.len() == 10 && !f(9).is_empty() {
+            Some(int(9)?)
+        } else {
+            None
+        },
+    })
+}
+
+/// Leading/trailing whitespace and the terminating `;` removed, so pgaudit 1.x (whole query
+/// string with `;`) and 17 (sub-statement without it) agree.
+pub fn normalize_statement(s: &str) -> String {
+    let t = s.trim();
+    t.strip_suffix(';').map_or(t, str::trim_end).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinels_classes_and_quoting() {
+        let e = parse_audit("AUDIT: SESSION,1,1,READ,SELECT,,,select pg_last_wal_replay_lsn() >= '0/3CB9AC0',<none>,1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.rows, Some(1));
+        assert_eq!(e.parameters, Parameters::None);
+        assert_eq!(e.object_type, None);
+        let e =
+            parse_audit("AUDIT: SESSION,7,1,MISC,SET,,,\"SET search_path = public;\",<not logged>")
+                .unwrap()
+                .unwrap();
+        assert_eq!(e.class, "MISC_SET");
+        assert_eq!(
+            e.statement,
+            Statement::Text("SET search_path = public".into())
+        );
+        assert_eq!(e.parameters, Parameters::NotLogged);
+        let e = parse_audit("00000: AUDIT: OBJECT,3,2,WRITE,INSERT,TABLE,public.t,\"insert into t values ($1, $2)\",\"1,<long param suppressed>\"")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.parameters,
+            Parameters::Values(vec!["1".into(), "<long param suppressed>".into()])
+        );
+        assert_eq!(e.rows, None);
+        let e =
+            parse_audit("AUDIT: SESSION,4,1,READ,SELECT,,,<previously logged>,<previously logged>")
+                .unwrap()
+                .unwrap();
+        assert_eq!(e.statement, Statement::PreviouslyLogged);
+        assert!(parse_audit("connection authorized: user=x").is_none());
+        assert!(parse_audit("AUDIT: SESSION,x,1,READ").unwrap().is_err());
+    }
+
+    #[test]
+    fn statement_normalization() {
+        assert_eq!(normalize_statement("  select 1 ;\n"), "select 1");
+        assert_eq!(normalize_statement("select ';'"), "select ';'");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(s in ".{0,200}") {
+            let _ = parse_audit(&format!("AUDIT: {s}"));
+        }
+    }
+}

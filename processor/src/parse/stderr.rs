@@ -1,0 +1,122 @@
+//! stderr records into [`LogRecord`]: prefix, severity, tab continuations, and the DETAIL,
+//! HINT, QUERY, CONTEXT, LOCATION and STATEMENT lines attached to their record.
+//!
+//! Owns [`parse_stderr_line`] (one shipped stderr record: a line plus its tab continuations)
+//! and [`StderrAssembler`] (per process, attaches auxiliary lines to the record they follow).
+//! Invariant: the assembler emits every record it was given, attached or on its own, in
+//! arrival order per process. Must not: drop an auxiliary line without a parent.
+
+use std::collections::HashMap;
+
+use super::prefix::{Prefix, severity_at};
+use super::record::LogRecord;
+
+/// What a stderr line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    /// A record of its own (LOG, ERROR, ...).
+    Primary,
+    /// A line that belongs to the record before it from the same process.
+    Auxiliary,
+}
+
+/// Parses one shipped stderr record (terminating newline allowed).
+pub fn parse_stderr_line(data: &[u8], prefix: &Prefix) -> Result<(LogRecord, LineKind), String> {
+    let text = std::str::from_utf8(data).map_err(|e| format!("stderr: invalid UTF-8: {e}"))?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let mut rec = LogRecord::default();
+    let at = prefix.parse_into(text, &mut rec)?;
+    let (word, len) = severity_at(&text[at..]).ok_or("stderr: no severity after the prefix")?;
+    rec.severity = word.to_owned();
+    rec.message = text[at + len..].replace("\n\t", "\n");
+    let kind = match word {
+        "DETAIL" | "HINT" | "QUERY" | "CONTEXT" | "LOCATION" | "STATEMENT" => LineKind::Auxiliary,
+        _ => LineKind::Primary,
+    };
+    // stderr appends the cursor position to the message; csvlog keeps it in its own column.
+    if kind == LineKind::Primary
+        && let Some((msg, pos)) = rec.message.rsplit_once(" at character ")
+        && let Ok(pos) = pos.parse::<i64>()
+    {
+        rec.query_pos = Some(pos);
+        rec.message.truncate(msg.len());
+    }
+    Ok((rec, kind))
+}
+
+/// Attaches auxiliary lines to the primary record before them from the same process.
+#[derive(Debug, Default)]
+pub struct StderrAssembler {
+    open: HashMap<Option<i64>, LogRecord>,
+}
+
+impl StderrAssembler {
+    /// Adds a parsed line; returns the record it completed, if any.
+    pub fn push(&mut self, rec: LogRecord, kind: LineKind) -> Vec<LogRecord> {
+        let key = rec.process_id;
+        match kind {
+            LineKind::Primary => self.open.insert(key, rec).into_iter().collect(),
+            LineKind::Auxiliary => match self.open.get_mut(&key) {
+                Some(parent) => {
+                    let slot = match rec.severity.as_str() {
+                        "DETAIL" => &mut parent.detail,
+                        "HINT" => &mut parent.hint,
+                        "QUERY" => {
+                            // The position printed on the primary line was the internal one.
+                            parent.internal_query_pos = parent.query_pos.take();
+                            &mut parent.internal_query
+                        }
+                        "CONTEXT" => &mut parent.context,
+                        "LOCATION" => &mut parent.location,
+                        _ => &mut parent.query,
+                    };
+                    *slot = Some(rec.message);
+                    Vec::new()
+                }
+                None => vec![rec],
+            },
+        }
+    }
+
+    /// Emits every open record.
+    pub fn finish(&mut self) -> Vec<LogRecord> {
+        let mut out: Vec<LogRecord> = self.open.drain().map(|(_, r)| r).collect();
+        out.sort_by_key(|r| r.log_time);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_and_attachment() {
+        let p = Prefix::new("%m [%p] ", None).unwrap();
+        let mut a = StderrAssembler::default();
+        let lines: [&[u8]; 4] = [
+            b"2026-11-23 09:10:55.631 UTC [7] ERROR:  duplicate key at character 15\n",
+            b"2026-11-23 09:10:55.631 UTC [7] DETAIL:  Key (id)=(1) already exists.\n",
+            b"2026-11-23 09:10:55.631 UTC [7] STATEMENT:  INSERT INTO t\n\tVALUES (1);\n",
+            b"2026-11-23 09:10:56.000 UTC [7] LOG:  next\n",
+        ];
+        let mut out = Vec::new();
+        for l in lines {
+            let (r, k) = parse_stderr_line(l, &p).unwrap();
+            out.extend(a.push(r, k));
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].detail.as_deref(),
+            Some("Key (id)=(1) already exists.")
+        );
+        assert_eq!(out[0].query.as_deref(), Some("INSERT INTO t\nVALUES (1);"));
+        assert_eq!(
+            (out[0].message.as_str(), out[0].query_pos),
+            ("duplicate key", Some(15))
+        );
+        let rest = a.finish();
+        assert_eq!(rest[0].message, "next");
+        assert!(parse_stderr_line(b"no prefix here\n", &p).is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! PostgreSQL log timestamps to UTC.
+//!
+//! Owns [`parse_pg_time`] (`2026-11-23 08:57:28.127 UTC`, `... 08:57:28 CEST`, `... +0530`)
+//! and [`parse_epoch`] (`%n`). Zone abbreviations other than UTC/GMT resolve through the
+//! server's configured IANA zone; an ambiguous local time (DST fall-back) takes the offset whose
+//! abbreviation matches. Must not: guess a zone: no configured zone is an error, not UTC.
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::{OffsetName, Tz};
+
+/// Parses a timestamp as PostgreSQL writes it in logs.
+pub fn parse_pg_time(s: &str, zone: Option<Tz>) -> Result<DateTime<Utc>, String> {
+    let (local, abbrev) = s
+        .trim()
+        .rsplit_once(' ')
+        .ok_or_else(|| format!("timestamp {s:?} has no zone"))?;
+    let naive = NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S%.f")
+        .map_err(|e| format!("timestamp {s:?}: {e}"))?;
+    match abbrev {
+        "UTC" | "GMT" | "Z" | "UCT" => return Ok(naive.and_utc()),
+        _ => {}
+    }
+    if let Some(offset) = numeric_offset(abbrev) {
+        return offset
+            .from_local_datetime(&naive)
+            .single()
+            .map(|d| d.with_timezone(&Utc))
+            .ok_or_else(|| format!("timestamp {s:?}: invalid local time"));
+    }
+    let tz = zone.ok_or_else(|| {
+        format!("timestamp {s:?}: zone abbreviation {abbrev} needs the server's IANA time zone (config `timezone`)")
+    })?;
+    let candidates: Vec<DateTime<Tz>> = tz
+        .from_local_datetime(&naive)
+        .earliest()
+        .into_iter()
+        .chain(tz.from_local_datetime(&naive).latest())
+        .collect();
+    candidates
+        .iter()
+        .find(|d| d.offset().abbreviation() == Some(abbrev))
+        .or(candidates.first())
+        .map(|d| d.with_timezone(&Utc))
+        .ok_or_else(|| format!("timestamp {s:?} does not exist in {tz} (DST gap)"))
+}
+
+/// `+03`, `-0530`, `+05:30` → offset.
+fn numeric_offset(s: &str) -> Option<FixedOffset> {
+    let sign = match s.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits: String = s[1..].chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m) = if digits.len() <= 2 {
+        (&digits[..], "0")
+    } else {
+        digits.split_at(digits.len() - 2)
+    };
+    let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+    FixedOffset::east_opt(sign * secs)
+}
+
+/// `%n`: seconds since the epoch with milliseconds.
+pub fn parse_epoch(s: &str) -> Result<DateTime<Utc>, String> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let secs: i64 = secs.parse().map_err(|_| format!("epoch {s:?}"))?;
+    let millis: u32 = format!("{frac:0<3}")[..3]
+        .parse()
+        .map_err(|_| format!("epoch {s:?}"))?;
+    DateTime::from_timestamp(secs, millis * 1_000_000)
+        .ok_or_else(|| format!("epoch {s:?} out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> String {
+        s.to_owned()
+    }
+
+    #[test]
+    fn utc_and_numeric_zones() {
+        let d = parse_pg_time("2026-11-23 08:57:28.127 UTC", None).unwrap();
+        assert_eq!(d.to_rfc3339(), t("2026-11-23T08:57:28.127+00:00"));
+        let d = parse_pg_time("2026-11-23 10:57:28 +02", None).unwrap();
+        assert_eq!(d.to_rfc3339(), t("2026-11-23T08:57:28+00:00"));
+        let d = parse_pg_time("2026-11-23 14:27:28 +0530", None).unwrap();
+        assert_eq!(d.to_rfc3339(), t("2026-11-23T08:57:28+00:00"));
+        assert_eq!(
+            parse_epoch("1795000000.123").unwrap().timestamp_millis(),
+            1_795_000_000_123
+        );
+    }
+
+    #[test]
+    fn abbreviations_need_and_use_the_configured_zone() {
+        assert!(
+            parse_pg_time("2026-07-01 10:00:00 CEST", None)
+                .unwrap_err()
+                .contains("IANA")
+        );
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let d = parse_pg_time("2026-07-01 10:00:00.5 CEST", Some(berlin)).unwrap();
+        assert_eq!(d.to_rfc3339(), t("2026-07-01T08:00:00.500+00:00"));
+        // 02:30 on the fall-back night happens twice; the abbreviation decides.
+        let first = parse_pg_time("2026-10-25 02:30:00 CEST", Some(berlin)).unwrap();
+        let second = parse_pg_time("2026-10-25 02:30:00 CET", Some(berlin)).unwrap();
+        assert_eq!((second - first).num_minutes(), 60);
+        let chicago: Tz = "America/Chicago".parse().unwrap();
+        let d = parse_pg_time("2026-01-15 06:00:00 CST", Some(chicago)).unwrap();
+        assert_eq!(d.to_rfc3339(), t("2026-01-15T12:00:00+00:00"));
+        assert!(
+            parse_pg_time("2026-03-29 02:30:00 CET", Some(berlin))
+                .unwrap_err()
+                .contains("gap")
+        );
+    }
+}
