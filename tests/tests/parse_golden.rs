@@ -12,6 +12,8 @@ use std::path::Path;
 use pgtrail_avro::LogFormat;
 use pgtrail_tests::pglogs::{PgLogs, expected_records};
 use pgtrail_tests::workspace_root;
+use processor::audit::outcome::{Disposition, OutcomeTracker};
+use processor::audit::{AuditRow, Outcome, Source};
 use processor::parse::pgaudit::{AuditEntry, parse_audit};
 use processor::parse::stderr::StderrAssembler;
 use processor::parse::{LogRecord, ServerFormat, parse_record};
@@ -222,5 +224,147 @@ fn fresh_primary_and_replica_are_identical_across_formats() {
     for server in ["primary", "replica"] {
         let entries = check(&logs.server_dir(server), &prefix, server);
         assert!(!entries.is_empty());
+    }
+}
+
+/// Audit rows of one format of a server's log directory, through the outcome tracker.
+fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<AuditRow> {
+    let mut tracker = OutcomeTracker::new(std::time::Duration::from_secs(300));
+    let mut assembler = StderrAssembler::default();
+    let mut rows = Vec::new();
+    let records: Vec<_> = expected_records(dir)
+        .into_iter()
+        .filter(|r| LogFormat::from_path(Path::new(&r.path)) == format)
+        .collect();
+    let mut feed =
+        |rec: LogRecord, r: &pgtrail_tests::pglogs::ExpectedRecord, rows: &mut Vec<AuditRow>| {
+            let src = Source {
+                server: "golden".into(),
+                host: "h".into(),
+                format,
+                path: r.path.clone(),
+                file_id: r.path.clone(),
+                offset: r.offset as i64,
+            };
+            let d = tracker.push(&rec, &src, &String::from_utf8_lossy(&r.data), rows);
+            assert!(!matches!(d, Disposition::Poison(_)), "{d:?}");
+        };
+    for r in &records {
+        let (rec, kind) = parse_record(format, &r.data, server).unwrap();
+        let done = if format == LogFormat::Stderr {
+            assembler.push(rec, kind)
+        } else {
+            vec![rec]
+        };
+        for rec in done {
+            feed(rec, r, &mut rows);
+        }
+    }
+    for rec in assembler.finish() {
+        feed(rec, records.last().unwrap(), &mut rows);
+    }
+    tracker.finish(&mut rows);
+    rows
+}
+
+#[test]
+fn workload_failures_get_failure_and_their_sqlstate_in_every_format() {
+    let logs = PgLogs::generate(20);
+    let server = ServerFormat::new(&logs.log_line_prefix(), None).unwrap();
+    let expect_failed = [
+        (
+            "primary",
+            "INSERT INTO account VALUES (1, 'duplicate', 0)",
+            "23505",
+            true,
+        ),
+        // Constant folding fails at planning time, before pgaudit sees the statement.
+        ("primary", "SELECT 1/0", "22012", false),
+        ("primary", "SELECT * FROM no_such_table", "42P01", false),
+        ("primary", "SELEC broken syntax", "42601", false),
+        (
+            "primary",
+            "UPDATE account SET balance = balance / 0 WHERE id = 2",
+            "22012",
+            true,
+        ),
+        ("primary", "SELECT 1", "25P02", false),
+        ("primary", "SELECT * FROM secret_notes", "42501", false),
+        ("primary", "DELETE FROM account", "42501", false),
+        (
+            "replica",
+            "INSERT INTO account VALUES (99, 'replica write', 0)",
+            "25006",
+            false,
+        ),
+        (
+            "replica",
+            "SELECT * FROM missing_on_replica",
+            "42P01",
+            false,
+        ),
+    ];
+    let mut by_format: BTreeMap<LogFormat, Vec<String>> = BTreeMap::new();
+    for name in ["primary", "replica"] {
+        for format in LogFormat::ALL {
+            let rows = audit_rows(&logs.server_dir(name), format, &server);
+            let ids: std::collections::HashSet<_> = rows.iter().map(|r| &r.event_id).collect();
+            assert_eq!(ids.len(), rows.len(), "{name} {format}: event_id unique");
+            for (srv, stmt, state, audited) in expect_failed.iter().filter(|e| e.0 == name) {
+                let row = rows
+                    .iter()
+                    .find(|r| r.statement.as_deref() == Some(*stmt) && r.result == Outcome::Failure)
+                    .unwrap_or_else(|| panic!("{srv} {format}: no FAILURE row for {stmt:?}"));
+                assert_eq!(
+                    row.error_code.as_deref(),
+                    Some(*state),
+                    "{srv} {format}: {stmt}"
+                );
+                assert_eq!(
+                    !row.extra.contains_key("audit_logged"),
+                    *audited,
+                    "{srv} {format}: {stmt} audited?"
+                );
+            }
+            let ok = rows
+                .iter()
+                .find(|r| r.statement.as_deref() == Some("SELECT count(*) FROM account"));
+            assert!(
+                ok.is_some_and(|r| r.result == Outcome::Success),
+                "{name} {format}: a successful read"
+            );
+            let mut summary: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+                        r.session_id,
+                        r.statement,
+                        r.audit_class,
+                        r.result.as_str(),
+                        r.error_code,
+                        r.object_name,
+                        r.extra.get("statement_id")
+                    )
+                })
+                .collect();
+            summary.sort();
+            if let Some(prev) = by_format
+                .get(&LogFormat::Csvlog)
+                .filter(|_| format != LogFormat::Csvlog)
+            {
+                assert_eq!(
+                    prev, &summary,
+                    "{name}: {format} rows differ from csvlog rows"
+                );
+            }
+            by_format.insert(format, summary);
+            println!(
+                "{name} {format}: {} rows, {} failures",
+                rows.len(),
+                rows.iter().filter(|r| r.result == Outcome::Failure).count()
+            );
+        }
+        by_format.clear();
     }
 }
