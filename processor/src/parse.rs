@@ -8,6 +8,7 @@
 //! [`stderr::StderrAssembler`], explicitly).
 
 pub mod csvlog;
+pub mod csvrow;
 pub mod jsonlog;
 pub mod pgaudit;
 pub mod prefix;

@@ -1,37 +1,25 @@
 //! csvlog records (PostgreSQL 13–17: 24 or 26 columns; 23 before 13) into [`LogRecord`].
 //!
-//! Owns [`parse_csvlog`]. Uses the `csv` crate on exactly one framed record. Invariant: a
+//! Owns [`parse_csvlog`]. Splits exactly one framed record with [`read_row`]. Invariant: a
 //! record that is not one CSV row of 23, 24 or 26 columns, or whose time or numbers do not
 //! parse, is an error (poison), never a half-filled row. Must not: read the message.
 
 use chrono_tz::Tz;
 
+use super::csvrow::read_row;
 use super::record::{LogRecord, non_empty, split_host_port};
 use super::time::parse_pg_time;
 
 /// Parses one csvlog record (bytes as shipped, terminating newline allowed).
 pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(data);
-    let mut row = csv::StringRecord::new();
-    match reader.read_record(&mut row) {
-        Ok(true) => {}
-        Ok(false) => return Err("empty csvlog record".into()),
-        Err(e) => return Err(format!("csvlog: {e}")),
-    }
-    let mut extra = csv::StringRecord::new();
-    if matches!(reader.read_record(&mut extra), Ok(true)) {
-        return Err("csvlog: more than one row in one record".into());
-    }
+    let row = read_row(data).map_err(|e| format!("csvlog: {e}"))?;
     if !matches!(row.len(), 23 | 24 | 26) {
         return Err(format!(
             "csvlog: {} columns (expected 23, 24 or 26)",
             row.len()
         ));
     }
-    let col = |i: usize| row.get(i).unwrap_or("");
+    let col = |i: usize| row.get(i);
     let opt = |i: usize| non_empty(col(i));
     let int = |i: usize| -> Result<Option<i64>, String> {
         let v = col(i);

@@ -9,6 +9,8 @@
 
 use serde::Serialize;
 
+use super::csvrow::read_row;
+
 /// A statement field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Statement {
@@ -72,21 +74,11 @@ pub fn parse_audit(message: &str) -> Option<Result<AuditEntry, String>> {
 }
 
 fn parse_body(body: &str) -> Result<AuditEntry, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(body.as_bytes());
-    let mut row = csv::StringRecord::new();
-    if !reader
-        .read_record(&mut row)
-        .map_err(|e| format!("pgaudit: {e}"))?
-    {
-        return Err("pgaudit: empty entry".into());
-    }
+    let row = read_row(body.as_bytes()).map_err(|e| format!("pgaudit: {e}"))?;
     if !matches!(row.len(), 9 | 10) {
         return Err(format!("pgaudit: {} fields (expected 9 or 10)", row.len()));
     }
-    let f = |i: usize| row.get(i).unwrap_or("");
+    let f = |i: usize| row.get(i);
     let int = |i: usize| {
         f(i).parse::<i64>()
             .map_err(|_| format!("pgaudit field {} is not a number: {:?}", i + 1, f(i)))
@@ -106,14 +98,7 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         "<none>" => Parameters::None,
         "<previously logged>" => Parameters::PreviouslyLogged,
         list => {
-            let mut r = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(list.as_bytes());
-            let mut vals = csv::StringRecord::new();
-            let _ = r
-                .read_record(&mut vals)
-                .map_err(|e| format!("pgaudit parameters: {e}"))?;
+            let vals = read_row(list.as_bytes()).map_err(|e| format!("pgaudit parameters: {e}"))?;
             Parameters::Values(vals.iter().map(str::to_owned).collect())
         }
     };
