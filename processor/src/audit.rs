@@ -131,6 +131,29 @@ fn common_extra(rec: &LogRecord, src: &Source) -> BTreeMap<String, String> {
     e
 }
 
+/// A SUCCESS row with the record's columns and no audit fields yet.
+fn base_row(rec: &LogRecord, src: &Source, raw: &str, extra: BTreeMap<String, String>) -> AuditRow {
+    AuditRow {
+        event_time: rec.log_time,
+        db_name: rec.database_name.clone(),
+        user_name: rec.user_name.clone(),
+        client_addr: rec.remote_host.clone(),
+        session_id: rec.session_id.clone(),
+        command_tag: String::new(),
+        object_type: None,
+        object_name: None,
+        statement: None,
+        audit_class: String::new(),
+        result: Outcome::Success,
+        error_code: None,
+        extra,
+        src: src.format.to_string(),
+        raw: raw.to_owned(),
+        event_id: src.event_id(),
+        vxid: rec.vxid.clone(),
+    }
+}
+
 /// Fingerprint of a statement: xxh3 of its lower-cased, whitespace-collapsed text.
 pub fn statement_fingerprint(statement: &str) -> String {
     let folded: Vec<String> = statement
@@ -178,23 +201,12 @@ pub fn audit_row(
         extra.insert("statement_fingerprint".into(), statement_fingerprint(s));
     }
     AuditRow {
-        event_time: rec.log_time,
-        db_name: rec.database_name.clone(),
-        user_name: rec.user_name.clone(),
-        client_addr: rec.remote_host.clone(),
-        session_id: rec.session_id.clone(),
         command_tag: entry.command.clone(),
         object_type: entry.object_type.clone(),
         object_name: entry.object_name.clone(),
         statement,
         audit_class: entry.class.clone(),
-        result: Outcome::Success,
-        error_code: None,
-        extra,
-        src: src.format.to_string(),
-        raw: raw.to_owned(),
-        event_id: src.event_id(),
-        vxid: rec.vxid.clone(),
+        ..base_row(rec, src, raw, extra)
     }
 }
 
@@ -215,22 +227,11 @@ pub fn unaudited_failure_row(
         statement_fingerprint(&statement),
     );
     AuditRow {
-        event_time: rec.log_time,
-        db_name: rec.database_name.clone(),
-        user_name: rec.user_name.clone(),
-        client_addr: rec.remote_host.clone(),
-        session_id: rec.session_id.clone(),
         command_tag: command,
-        object_type: None,
-        object_name: None,
         statement: Some(statement),
         audit_class: class.to_owned(),
         result: Outcome::Failure,
         error_code: rec.sql_state.clone(),
-        extra,
-        src: src.format.to_string(),
-        raw: raw.to_owned(),
-        event_id: src.event_id(),
-        vxid: rec.vxid.clone(),
+        ..base_row(rec, src, raw, extra)
     }
 }
