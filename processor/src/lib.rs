@@ -7,4 +7,5 @@
 //! Must not: depend on the shipper.
 
 pub mod audit;
+pub mod delta;
 pub mod parse;

@@ -1,0 +1,238 @@
+//! The Delta Lake side: the audit table schema, rows to Arrow batches, commits that carry one
+//! `txn` action per Kafka topic-partition, and reading those versions back.
+//!
+//! Owns [`arrow_schema`] (the standard audit schema, columns in their fixed order, `ingest_date`
+//! the partition column), [`LakeRow`], [`to_batch`] and [`AuditTable`]. Invariants: a commit
+//! and the Kafka offsets it covers are one atomic Delta version (the `txn` actions are in the
+//! same commit as the data files); [`AuditTable::txn_version`] is the only source of truth for
+//! where a partition resumes. Must not: talk to Kafka.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use deltalake::arrow::array::{
+    ArrayRef, Date32Array, Int32Array, Int64Array, MapBuilder, MapFieldNames, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::audit::AuditRow;
+
+/// The partition column.
+pub const PARTITION_COLUMN: &str = "ingest_date";
+
+/// Where a row came from in Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaCoords {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// A row as written: the audit row, when it was ingested, and its Kafka coordinates.
+#[derive(Debug, Clone)]
+pub struct LakeRow {
+    /// The audit columns.
+    pub row: AuditRow,
+    /// Ingest time (UTC); `ingest_date` is its date.
+    pub ingest_ts: DateTime<Utc>,
+    /// Kafka coordinates of the record the row was parsed from.
+    pub kafka: KafkaCoords,
+}
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// The standard audit schema, columns in their fixed order.
+pub fn arrow_schema() -> SchemaRef {
+    let s = |n: &str| Field::new(n, DataType::Utf8, true);
+    let map = DataType::Map(
+        Arc::new(Field::new(
+            "key_value",
+            DataType::Struct(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::Utf8, true),
+                ]
+                .into(),
+            ),
+            false,
+        )),
+        false,
+    );
+    Arc::new(Schema::new(vec![
+        Field::new("event_time", ts(), true),
+        s("db_name"),
+        s("user_name"),
+        s("client_addr"),
+        s("session_id"),
+        s("command_tag"),
+        s("object_type"),
+        s("object_name"),
+        s("statement"),
+        s("audit_class"),
+        s("result"),
+        s("error_code"),
+        Field::new("extra", map, true),
+        Field::new("ingest_ts", ts(), true),
+        s("src"),
+        s("raw"),
+        Field::new(PARTITION_COLUMN, DataType::Date32, true),
+        s("event_id"),
+        s("kafka_topic"),
+        Field::new("kafka_partition", DataType::Int32, true),
+        Field::new("kafka_offset", DataType::Int64, true),
+    ]))
+}
+
+fn days(d: DateTime<Utc>) -> i32 {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    (d.date_naive() - epoch).num_days() as i32
+}
+
+/// Rows → one Arrow batch of [`arrow_schema`].
+pub fn to_batch(rows: &[LakeRow]) -> Result<RecordBatch, DeltaTableError> {
+    let text = |f: &dyn Fn(&LakeRow) -> Option<String>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    // Delta's names for map entries.
+    let names = MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    };
+    let mut extra = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
+    for r in rows {
+        for (k, v) in &r.row.extra {
+            extra.keys().append_value(k);
+            extra.values().append_value(v);
+        }
+        extra.append(true)?;
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(
+            rows.iter()
+                .map(|r| r.row.event_time.map(|t| t.timestamp_micros()))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        text(&|r| r.row.db_name.clone()),
+        text(&|r| r.row.user_name.clone()),
+        text(&|r| r.row.client_addr.clone()),
+        text(&|r| r.row.session_id.clone()),
+        text(&|r| Some(r.row.command_tag.clone())),
+        text(&|r| r.row.object_type.clone()),
+        text(&|r| r.row.object_name.clone()),
+        text(&|r| r.row.statement.clone()),
+        text(&|r| Some(r.row.audit_class.clone())),
+        text(&|r| Some(r.row.result.as_str().to_owned())),
+        text(&|r| r.row.error_code.clone()),
+        Arc::new(extra.finish()),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.ingest_ts.timestamp_micros()))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        text(&|r| Some(r.row.src.clone())),
+        text(&|r| Some(r.row.raw.clone())),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(days(r.ingest_ts)))
+                .collect::<Date32Array>(),
+        ),
+        text(&|r| Some(r.row.event_id.clone())),
+        text(&|r| Some(r.kafka.topic.clone())),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.kafka.partition))
+                .collect::<Int32Array>(),
+        ),
+        Arc::new(
+            rows.iter()
+                .map(|r| Some(r.kafka.offset))
+                .collect::<Int64Array>(),
+        ),
+    ];
+    Ok(RecordBatch::try_new(arrow_schema(), columns)?)
+}
+
+/// The `txn` application id of a consumer group's topic-partition.
+pub fn app_id(group: &str, topic: &str, partition: i32) -> String {
+    format!("pgtrail-{group}-{topic}-{partition}")
+}
+
+/// One server's audit table.
+pub struct AuditTable {
+    table: DeltaTable,
+}
+
+impl AuditTable {
+    /// Opens the table at `uri` (a local directory or object-store URL), creating it with the
+    /// audit schema when it does not exist.
+    pub async fn open_or_create(uri: &str) -> Result<AuditTable, DeltaTableError> {
+        let url = deltalake::ensure_table_uri(uri)?;
+        let table = DeltaTable::try_from_url(url).await?;
+        if table.version().is_some() {
+            return Ok(AuditTable { table });
+        }
+        let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
+        let table = table
+            .create()
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns([PARTITION_COLUMN])
+            .await?;
+        Ok(AuditTable { table })
+    }
+
+    /// The table version.
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// The last Kafka offset committed for `app_id`, if any.
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+        let log_store = self.table.log_store();
+        self.table
+            .snapshot()?
+            .transaction_version(log_store.as_ref(), app_id)
+            .await
+    }
+
+    /// Re-reads the log (another writer may have committed).
+    pub async fn refresh(&mut self) -> Result<(), DeltaTableError> {
+        self.table.update_incremental(None).await
+    }
+
+    /// Writes `batch` and the `txns` (app id → last offset covered) as one Delta version.
+    pub async fn commit(
+        &mut self,
+        batch: RecordBatch,
+        txns: &BTreeMap<String, i64>,
+    ) -> Result<u64, DeltaTableError> {
+        let props = CommitProperties::default().with_application_transactions(
+            txns.iter()
+                .map(|(id, v)| Transaction::new(id, *v))
+                .collect(),
+        );
+        let mut writer = RecordBatchWriter::for_table(&self.table)?.with_commit_properties(props);
+        writer.write(batch).await?;
+        writer.flush_and_commit(&mut self.table).await
+    }
+
+    /// Paths of the table's data files (for tests and status).
+    pub fn file_uris(&self) -> Result<Vec<String>, DeltaTableError> {
+        Ok(self.table.get_file_uris()?.collect())
+    }
+}
