@@ -24,6 +24,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::audit::AuditRow;
+use crate::error::ProcessorError;
 
 /// The partition column.
 pub const PARTITION_COLUMN: &str = "ingest_date";
@@ -102,7 +103,7 @@ fn days(d: DateTime<Utc>) -> i32 {
 }
 
 /// Rows → one Arrow batch of [`arrow_schema`].
-pub fn to_batch(rows: &[LakeRow]) -> Result<RecordBatch, DeltaTableError> {
+pub fn to_batch(rows: &[LakeRow]) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     let text = |f: &dyn Fn(&LakeRow) -> Option<String>| -> ArrayRef {
         Arc::new(rows.iter().map(f).collect::<StringArray>())
     };
@@ -175,25 +176,51 @@ pub fn app_id(group: &str, topic: &str, partition: i32) -> String {
 
 /// One server's audit table.
 pub struct AuditTable {
+    uri: String,
     table: DeltaTable,
 }
 
 impl AuditTable {
     /// Opens the table at `uri` (a local directory or object-store URL), creating it with the
     /// audit schema when it does not exist.
-    pub async fn open_or_create(uri: &str) -> Result<AuditTable, DeltaTableError> {
-        let url = deltalake::ensure_table_uri(uri)?;
-        let table = DeltaTable::try_from_url(url).await?;
+    pub async fn open_or_create(uri: &str) -> Result<AuditTable, ProcessorError> {
+        let err = |operation, source| ProcessorError::Delta {
+            table: uri.to_owned(),
+            operation,
+            source,
+        };
+        let url = deltalake::ensure_table_uri(uri).map_err(|e| err("resolve location", e))?;
+        let table = DeltaTable::try_from_url(url)
+            .await
+            .map_err(|e| err("open", e))?;
         if table.version().is_some() {
-            return Ok(AuditTable { table });
+            return Ok(AuditTable {
+                uri: uri.to_owned(),
+                table,
+            });
         }
-        let schema: StructType = arrow_schema().as_ref().try_into_kernel()?;
+        let schema: StructType = arrow_schema()
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| err("convert schema", DeltaTableError::from(e)))?;
         let table = table
             .create()
             .with_columns(schema.fields().cloned())
             .with_partition_columns([PARTITION_COLUMN])
-            .await?;
-        Ok(AuditTable { table })
+            .await
+            .map_err(|e| err("create", e))?;
+        Ok(AuditTable {
+            uri: uri.to_owned(),
+            table,
+        })
+    }
+
+    fn err(&self, operation: &'static str) -> impl Fn(DeltaTableError) -> ProcessorError + '_ {
+        move |source| ProcessorError::Delta {
+            table: self.uri.clone(),
+            operation,
+            source,
+        }
     }
 
     /// The table version.
@@ -211,8 +238,16 @@ impl AuditTable {
     }
 
     /// Re-reads the log (another writer may have committed).
-    pub async fn refresh(&mut self) -> Result<(), DeltaTableError> {
-        self.table.update_incremental(None).await
+    pub async fn refresh(&mut self) -> Result<(), ProcessorError> {
+        let uri = self.uri.clone();
+        self.table
+            .update_incremental(None)
+            .await
+            .map_err(|source| ProcessorError::Delta {
+                table: uri,
+                operation: "refresh",
+                source,
+            })
     }
 
     /// Writes `batch` and the `txns` (app id → last offset covered) as one Delta version.
@@ -220,19 +255,34 @@ impl AuditTable {
         &mut self,
         batch: RecordBatch,
         txns: &BTreeMap<String, i64>,
-    ) -> Result<u64, DeltaTableError> {
+    ) -> Result<u64, ProcessorError> {
         let props = CommitProperties::default().with_application_transactions(
             txns.iter()
                 .map(|(id, v)| Transaction::new(id, *v))
                 .collect(),
         );
-        let mut writer = RecordBatchWriter::for_table(&self.table)?.with_commit_properties(props);
-        writer.write(batch).await?;
-        writer.flush_and_commit(&mut self.table).await
+        let uri = self.uri.clone();
+        let err = |operation, source| ProcessorError::Delta {
+            table: uri.clone(),
+            operation,
+            source,
+        };
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(|e| err("prepare writer", e))?
+            .with_commit_properties(props);
+        writer.write(batch).await.map_err(|e| err("write", e))?;
+        writer
+            .flush_and_commit(&mut self.table)
+            .await
+            .map_err(|e| err("commit", e))
     }
 
     /// Paths of the table's data files (for tests and status).
-    pub fn file_uris(&self) -> Result<Vec<String>, DeltaTableError> {
-        Ok(self.table.get_file_uris()?.collect())
+    pub fn file_uris(&self) -> Result<Vec<String>, ProcessorError> {
+        Ok(self
+            .table
+            .get_file_uris()
+            .map_err(self.err("list files"))?
+            .collect())
     }
 }

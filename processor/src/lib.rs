@@ -8,4 +8,7 @@
 
 pub mod audit;
 pub mod delta;
+pub mod error;
 pub mod parse;
+
+pub use error::{ErrorClass, ProcessorError};
