@@ -166,7 +166,7 @@ pub fn to_batch(rows: &[LakeRow]) -> Result<RecordBatch, deltalake::arrow::error
                 .collect::<Int64Array>(),
         ),
     ];
-    Ok(RecordBatch::try_new(arrow_schema(), columns)?)
+    RecordBatch::try_new(arrow_schema(), columns)
 }
 
 /// The `txn` application id of a consumer group's topic-partition.
@@ -187,7 +187,7 @@ impl AuditTable {
         let err = |operation, source| ProcessorError::Delta {
             table: uri.to_owned(),
             operation,
-            source,
+            source: Box::new(source),
         };
         let url = deltalake::ensure_table_uri(uri).map_err(|e| err("resolve location", e))?;
         let table = DeltaTable::try_from_url(url)
@@ -219,7 +219,7 @@ impl AuditTable {
         move |source| ProcessorError::Delta {
             table: self.uri.clone(),
             operation,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -246,7 +246,7 @@ impl AuditTable {
             .map_err(|source| ProcessorError::Delta {
                 table: uri,
                 operation: "refresh",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -265,7 +265,7 @@ impl AuditTable {
         let err = |operation, source| ProcessorError::Delta {
             table: uri.clone(),
             operation,
-            source,
+            source: Box::new(source),
         };
         let mut writer = RecordBatchWriter::for_table(&self.table)
             .map_err(|e| err("prepare writer", e))?

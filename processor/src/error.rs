@@ -42,8 +42,8 @@ pub enum ProcessorError {
         table: String,
         /// What was attempted.
         operation: &'static str,
-        /// deltalake's error.
-        source: deltalake::DeltaTableError,
+        /// deltalake's error (boxed: it is large).
+        source: Box<deltalake::DeltaTableError>,
     },
     /// Invalid configuration.
     #[error("configuration: {reason}")]
@@ -60,7 +60,7 @@ impl ProcessorError {
         match self {
             ProcessorError::Parse { .. } => ErrorClass::Poison,
             ProcessorError::Decode { source, .. } => source.class(),
-            ProcessorError::Delta { source, .. } => match source {
+            ProcessorError::Delta { source, .. } => match source.as_ref() {
                 D::VersionAlreadyExists(_)
                 | D::Transaction { .. }
                 | D::ObjectStore { .. }
