@@ -68,7 +68,7 @@ fn kill_9_twice_while_postgres_writes_loses_nothing() {
         let mut once = a.clone();
         once.push("--once".into());
         let log = s.path().join("shipper-final.log");
-        let text = run_shipper_once(&once, &log, Duration::from_secs(120));
+        let text = run_shipper_once(&once, &log, Duration::from_secs(300));
         assert!(
             text.contains("Shipped everything present"),
             "{}: {text}",
