@@ -32,15 +32,17 @@ fn parse_dir(dir: &Path, server: &ServerFormat) -> BTreeMap<LogFormat, Vec<LogRe
             )
         });
         let done = if format == LogFormat::Stderr {
-            assembler.push(rec, kind)
+            assembler.push(rec, kind, ())
         } else {
-            vec![rec]
+            vec![(rec, ())]
         };
-        out.entry(format).or_default().extend(done);
+        out.entry(format)
+            .or_default()
+            .extend(done.into_iter().map(|(r, ())| r));
     }
     out.entry(LogFormat::Stderr)
         .or_default()
-        .extend(assembler.finish());
+        .extend(assembler.finish().into_iter().map(|(r, ())| r));
     out
 }
 
@@ -252,16 +254,17 @@ fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<Audit
     for r in &records {
         let (rec, kind) = parse_record(format, &r.data, server).unwrap();
         let done = if format == LogFormat::Stderr {
-            assembler.push(rec, kind)
+            assembler.push(rec, kind, r)
         } else {
-            vec![rec]
+            vec![(rec, r)]
         };
-        for rec in done {
-            feed(rec, r, &mut rows);
+        for (rec, origin) in done {
+            feed(rec, origin, &mut rows);
         }
     }
-    for rec in assembler.finish() {
-        feed(rec, records.last().unwrap(), &mut rows);
+    // Records still open at the end keep their own coordinates.
+    for (rec, origin) in assembler.finish() {
+        feed(rec, origin, &mut rows);
     }
     tracker.finish(&mut rows);
     rows

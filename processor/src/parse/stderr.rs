@@ -3,8 +3,9 @@
 //!
 //! Owns [`parse_stderr_line`] (one shipped stderr record: a line plus its tab continuations)
 //! and [`StderrAssembler`] (per process, attaches auxiliary lines to the record they follow).
-//! Invariant: the assembler emits every record it was given, attached or on its own, in
-//! arrival order per process. Must not: drop an auxiliary line without a parent.
+//! Invariant: the assembler emits every primary record it was given, with the tag (source
+//! coordinates) it came with, in arrival order per process; an auxiliary line without a parent
+//! is emitted on its own with its own tag. Must not: drop a line.
 
 use std::collections::HashMap;
 
@@ -44,20 +45,29 @@ pub fn parse_stderr_line(data: &[u8], prefix: &Prefix) -> Result<(LogRecord, Lin
     Ok((rec, kind))
 }
 
-/// Attaches auxiliary lines to the primary record before them from the same process.
-#[derive(Debug, Default)]
-pub struct StderrAssembler {
-    open: HashMap<Option<i64>, LogRecord>,
+/// Attaches auxiliary lines to the primary record before them from the same process. `T` is
+/// carried with each primary record (its source coordinates) and given back with it.
+#[derive(Debug)]
+pub struct StderrAssembler<T> {
+    open: HashMap<Option<i64>, (LogRecord, T)>,
 }
 
-impl StderrAssembler {
-    /// Adds a parsed line; returns the record it completed, if any.
-    pub fn push(&mut self, rec: LogRecord, kind: LineKind) -> Vec<LogRecord> {
+impl<T> Default for StderrAssembler<T> {
+    fn default() -> Self {
+        StderrAssembler {
+            open: HashMap::new(),
+        }
+    }
+}
+
+impl<T> StderrAssembler<T> {
+    /// Adds a parsed line tagged `tag`; returns the record it completed, if any.
+    pub fn push(&mut self, rec: LogRecord, kind: LineKind, tag: T) -> Vec<(LogRecord, T)> {
         let key = rec.process_id;
         match kind {
-            LineKind::Primary => self.open.insert(key, rec).into_iter().collect(),
+            LineKind::Primary => self.open.insert(key, (rec, tag)).into_iter().collect(),
             LineKind::Auxiliary => match self.open.get_mut(&key) {
-                Some(parent) => {
+                Some((parent, _)) => {
                     let slot = match rec.severity.as_str() {
                         "DETAIL" => &mut parent.detail,
                         "HINT" => &mut parent.hint,
@@ -73,15 +83,15 @@ impl StderrAssembler {
                     *slot = Some(rec.message);
                     Vec::new()
                 }
-                None => vec![rec],
+                None => vec![(rec, tag)],
             },
         }
     }
 
     /// Emits every open record.
-    pub fn finish(&mut self) -> Vec<LogRecord> {
-        let mut out: Vec<LogRecord> = self.open.drain().map(|(_, r)| r).collect();
-        out.sort_by_key(|r| r.log_time);
+    pub fn finish(&mut self) -> Vec<(LogRecord, T)> {
+        let mut out: Vec<(LogRecord, T)> = self.open.drain().map(|(_, r)| r).collect();
+        out.sort_by_key(|(r, _)| r.log_time);
         out
     }
 }
@@ -101,9 +111,9 @@ mod tests {
             b"2026-11-23 09:10:56.000 UTC [7] LOG:  next\n",
         ];
         let mut out = Vec::new();
-        for l in lines {
+        for (offset, l) in lines.into_iter().enumerate() {
             let (r, k) = parse_stderr_line(l, &p).unwrap();
-            out.extend(a.push(r, k));
+            out.extend(a.push(r, k, offset).into_iter().map(|(r, _)| r));
         }
         assert_eq!(out.len(), 1);
         assert_eq!(
@@ -116,7 +126,17 @@ mod tests {
             ("duplicate key", Some(15))
         );
         let rest = a.finish();
-        assert_eq!(rest[0].message, "next");
+        assert_eq!(
+            (rest[0].0.message.as_str(), rest[0].1),
+            ("next", 3),
+            "its own tag"
+        );
+        let (stray, k) = parse_stderr_line(lines[1], &p).unwrap();
+        assert_eq!(
+            a.push(stray, k, 9)[0].1,
+            9,
+            "a parentless DETAIL keeps its tag"
+        );
         assert!(parse_stderr_line(b"no prefix here\n", &p).is_err());
     }
 }
