@@ -131,21 +131,17 @@ impl Shipper {
 
     /// Drops files that were truncated or rewritten in place; the next scan finds them again.
     pub(super) fn check_rewritten(&mut self) {
-        let mut dropped = Vec::new();
-        for (key, f) in &mut self.files {
-            if f.gone {
-                continue;
-            }
-            match f.check_rewritten() {
-                Ok(Some(why)) => {
-                    warn!(path = %f.path.display(), file_id = f.id_text, read = f.read_pos, reason = why, "File truncated or rewritten in place; starting over from its beginning.");
-                    dropped.push(*key);
-                }
-                Ok(None) => {}
-                Err(e) => warn!(path = %f.path.display(), error = %e, "Cannot stat log file."),
-            }
-        }
-        for key in dropped {
+        let dropped: Vec<u64> = self
+            .files
+            .iter_mut()
+            .filter(|(_, f)| !f.gone)
+            .filter_map(|(key, f)| rewritten(f).then_some(*key))
+            .collect();
+        self.drop_rewritten(dropped);
+    }
+
+    fn drop_rewritten(&mut self, keys: Vec<u64>) {
+        for key in keys {
             self.metrics.files_truncated.inc();
             self.close(key, true);
         }
@@ -169,13 +165,17 @@ impl Shipper {
     pub(super) fn poll_files(&mut self) {
         let timeout = Duration::from_millis(self.cfg.partial_record_timeout_ms);
         let once = self.cfg.once;
-        let mut rewritten = false;
+        let mut dropped = Vec::new();
         let mut flush = Vec::new();
         let mut finished = Vec::new();
         for (key, f) in &mut self.files {
             let was_at_end = f.read_pos >= f.size;
             match f.refresh_size() {
-                Ok(true) if was_at_end => rewritten |= matches!(f.check_rewritten(), Ok(Some(_))),
+                // Grew after we reached its end: maybe a reused name. Check before reading on.
+                Ok(true) if was_at_end && !f.gone && rewritten(f) => {
+                    dropped.push(*key);
+                    continue;
+                }
                 Ok(_) => {}
                 Err(e) => warn!(path = %f.path.display(), error = %e, "Cannot stat log file."),
             }
@@ -190,9 +190,7 @@ impl Shipper {
                 finished.push(*key);
             }
         }
-        if rewritten {
-            self.check_rewritten();
-        }
+        self.drop_rewritten(dropped);
         for (key, terminated) in flush {
             if !terminated && let Some(f) = self.files.get(&key) {
                 warn!(path = %f.path.display(), file_id = f.id_text, bytes = f.framer.pending_bytes(), "Final record has no terminating newline; shipping it as it is.");
@@ -264,5 +262,20 @@ impl Shipper {
             );
         }
         Ok(())
+    }
+}
+
+/// Whether `f` was truncated or rewritten in place (logged with the reason).
+fn rewritten(f: &mut TailedFile) -> bool {
+    match f.check_rewritten() {
+        Ok(Some(why)) => {
+            warn!(path = %f.path.display(), file_id = f.id_text, read = f.read_pos, reason = why, "File truncated or rewritten in place; starting over from its beginning.");
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            warn!(path = %f.path.display(), error = %e, "Cannot stat log file.");
+            false
+        }
     }
 }
