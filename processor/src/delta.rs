@@ -180,19 +180,26 @@ pub struct AuditTable {
     table: DeltaTable,
 }
 
+/// Maps a deltalake error to [`ProcessorError::Delta`] naming the table and operation.
+fn delta_err<'a>(
+    table: &'a str,
+    operation: &'static str,
+) -> impl Fn(DeltaTableError) -> ProcessorError + 'a {
+    move |source| ProcessorError::Delta {
+        table: table.to_owned(),
+        operation,
+        source: Box::new(source),
+    }
+}
+
 impl AuditTable {
     /// Opens the table at `uri` (a local directory or object-store URL), creating it with the
     /// audit schema when it does not exist.
     pub async fn open_or_create(uri: &str) -> Result<AuditTable, ProcessorError> {
-        let err = |operation, source| ProcessorError::Delta {
-            table: uri.to_owned(),
-            operation,
-            source: Box::new(source),
-        };
-        let url = deltalake::ensure_table_uri(uri).map_err(|e| err("resolve location", e))?;
+        let url = deltalake::ensure_table_uri(uri).map_err(delta_err(uri, "resolve location"))?;
         let table = DeltaTable::try_from_url(url)
             .await
-            .map_err(|e| err("open", e))?;
+            .map_err(delta_err(uri, "open"))?;
         if table.version().is_some() {
             return Ok(AuditTable {
                 uri: uri.to_owned(),
@@ -202,25 +209,17 @@ impl AuditTable {
         let schema: StructType = arrow_schema()
             .as_ref()
             .try_into_kernel()
-            .map_err(|e| err("convert schema", DeltaTableError::from(e)))?;
+            .map_err(|e| delta_err(uri, "convert schema")(DeltaTableError::from(e)))?;
         let table = table
             .create()
             .with_columns(schema.fields().cloned())
             .with_partition_columns([PARTITION_COLUMN])
             .await
-            .map_err(|e| err("create", e))?;
+            .map_err(delta_err(uri, "create"))?;
         Ok(AuditTable {
             uri: uri.to_owned(),
             table,
         })
-    }
-
-    fn err(&self, operation: &'static str) -> impl Fn(DeltaTableError) -> ProcessorError + '_ {
-        move |source| ProcessorError::Delta {
-            table: self.uri.clone(),
-            operation,
-            source: Box::new(source),
-        }
     }
 
     /// The table version.
@@ -229,25 +228,25 @@ impl AuditTable {
     }
 
     /// The last Kafka offset committed for `app_id`, if any.
-    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>, ProcessorError> {
         let log_store = self.table.log_store();
-        self.table
-            .snapshot()?
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(delta_err(&self.uri, "read snapshot"))?;
+        snapshot
             .transaction_version(log_store.as_ref(), app_id)
             .await
+            .map_err(delta_err(&self.uri, "read txn"))
     }
 
     /// Re-reads the log (another writer may have committed).
     pub async fn refresh(&mut self) -> Result<(), ProcessorError> {
-        let uri = self.uri.clone();
-        self.table
+        let AuditTable { uri, table } = self;
+        table
             .update_incremental(None)
             .await
-            .map_err(|source| ProcessorError::Delta {
-                table: uri,
-                operation: "refresh",
-                source: Box::new(source),
-            })
+            .map_err(delta_err(uri, "refresh"))
     }
 
     /// Writes `batch` and the `txns` (app id → last offset covered) as one Delta version.
@@ -261,20 +260,15 @@ impl AuditTable {
                 .map(|(id, v)| Transaction::new(id, *v))
                 .collect(),
         );
-        let uri = self.uri.clone();
-        let err = |operation, source| ProcessorError::Delta {
-            table: uri.clone(),
-            operation,
-            source: Box::new(source),
-        };
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| err("prepare writer", e))?
+        let AuditTable { uri, table } = self;
+        let mut writer = RecordBatchWriter::for_table(table)
+            .map_err(delta_err(uri, "prepare writer"))?
             .with_commit_properties(props);
-        writer.write(batch).await.map_err(|e| err("write", e))?;
+        writer.write(batch).await.map_err(delta_err(uri, "write"))?;
         writer
-            .flush_and_commit(&mut self.table)
+            .flush_and_commit(table)
             .await
-            .map_err(|e| err("commit", e))
+            .map_err(delta_err(uri, "commit"))
     }
 
     /// Paths of the table's data files (for tests and status).
@@ -282,7 +276,7 @@ impl AuditTable {
         Ok(self
             .table
             .get_file_uris()
-            .map_err(self.err("list files"))?
+            .map_err(delta_err(&self.uri, "list files"))?
             .collect())
     }
 }
