@@ -20,11 +20,15 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
+use deltalake::TableProperty;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::audit::AuditRow;
 use crate::error::ProcessorError;
+
+/// Key of the processor's checkpoint in a commit's info.
+pub const METADATA_KEY: &str = "pgtrail";
 
 /// The partition column.
 pub const PARTITION_COLUMN: &str = "ingest_date";
@@ -103,9 +107,12 @@ fn days(d: DateTime<Utc>) -> i32 {
 }
 
 /// Rows → one Arrow batch of [`arrow_schema`].
-pub fn to_batch(rows: &[LakeRow]) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(
+    rows: &[R],
+) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
+    let rows: Vec<&LakeRow> = rows.iter().map(|r| r.borrow()).collect();
     let text = |f: &dyn Fn(&LakeRow) -> Option<String>| -> ArrayRef {
-        Arc::new(rows.iter().map(f).collect::<StringArray>())
+        Arc::new(rows.iter().map(|r| f(r)).collect::<StringArray>())
     };
     // Delta's names for map entries.
     let names = MapFieldNames {
@@ -114,7 +121,7 @@ pub fn to_batch(rows: &[LakeRow]) -> Result<RecordBatch, deltalake::arrow::error
         value: "value".into(),
     };
     let mut extra = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
-    for r in rows {
+    for r in &rows {
         for (k, v) in &r.row.extra {
             extra.keys().append_value(k);
             extra.values().append_value(v);
@@ -194,8 +201,34 @@ fn delta_err<'a>(
 
 impl AuditTable {
     /// Opens the table at `uri` (a local directory or object-store URL), creating it with the
-    /// audit schema when it does not exist.
+    /// audit schema when it does not exist (checkpoints every 10 versions).
     pub async fn open_or_create(uri: &str) -> Result<AuditTable, ProcessorError> {
+        Self::open_or_create_with(uri, 10).await
+    }
+
+    /// Opens an existing table; `Ok(None)` when there is none at `uri`.
+    pub async fn open_existing(uri: &str) -> Result<Option<AuditTable>, ProcessorError> {
+        let url = deltalake::ensure_table_uri(uri).map_err(delta_err(uri, "resolve location"))?;
+        let table = DeltaTable::try_from_url(url)
+            .await
+            .map_err(delta_err(uri, "open"))?;
+        Ok(table.version().is_some().then(|| AuditTable {
+            uri: uri.to_owned(),
+            table,
+        }))
+    }
+
+    /// As [`AuditTable::open_or_create`], a created table writing a Delta checkpoint every
+    /// `checkpoint_interval` versions.
+    pub async fn open_or_create_with(
+        uri: &str,
+        checkpoint_interval: u64,
+    ) -> Result<AuditTable, ProcessorError> {
+        if !uri.contains("://") {
+            std::fs::create_dir_all(uri).map_err(|e| {
+                delta_err(uri, "create directory")(DeltaTableError::Generic(e.to_string()))
+            })?;
+        }
         let url = deltalake::ensure_table_uri(uri).map_err(delta_err(uri, "resolve location"))?;
         let table = DeltaTable::try_from_url(url)
             .await
@@ -214,6 +247,10 @@ impl AuditTable {
             .create()
             .with_columns(schema.fields().cloned())
             .with_partition_columns([PARTITION_COLUMN])
+            .with_configuration_property(
+                TableProperty::CheckpointInterval,
+                Some(checkpoint_interval.max(1).to_string()),
+            )
             .await
             .map_err(delta_err(uri, "create"))?;
         Ok(AuditTable {
@@ -249,26 +286,87 @@ impl AuditTable {
             .map_err(delta_err(uri, "refresh"))
     }
 
-    /// Writes `batch` and the `txns` (app id → last offset covered) as one Delta version.
+    /// Writes `batches` and the `txns` (app id → last offset covered) as one Delta version,
+    /// with `metadata` (the processor's checkpoint) in its commit info under `pgtrail`. The
+    /// commit is attempted once: a conflict is returned to the caller, who re-checks
+    /// ownership before trying again.
     pub async fn commit(
         &mut self,
-        batch: RecordBatch,
+        batches: Vec<RecordBatch>,
         txns: &BTreeMap<String, i64>,
+        metadata: Option<serde_json::Value>,
     ) -> Result<u64, ProcessorError> {
-        let props = CommitProperties::default().with_application_transactions(
-            txns.iter()
-                .map(|(id, v)| Transaction::new(id, *v))
-                .collect(),
-        );
+        let mut props = CommitProperties::default()
+            .with_max_retries(0)
+            .with_application_transactions(
+                txns.iter()
+                    .map(|(id, v)| Transaction::new(id, *v))
+                    .collect(),
+            );
+        if let Some(m) = metadata {
+            props = props.with_metadata([(METADATA_KEY.to_owned(), m)]);
+        }
         let AuditTable { uri, table } = self;
         let mut writer = RecordBatchWriter::for_table(table)
             .map_err(delta_err(uri, "prepare writer"))?
             .with_commit_properties(props);
-        writer.write(batch).await.map_err(delta_err(uri, "write"))?;
+        for batch in batches {
+            writer.write(batch).await.map_err(delta_err(uri, "write"))?;
+        }
         writer
             .flush_and_commit(table)
             .await
             .map_err(delta_err(uri, "commit"))
+    }
+
+    /// The `pgtrail` metadata of the newest commits, newest first (at most `limit` commits),
+    /// with each commit's timestamp (ms since the epoch).
+    pub async fn recent_metadata(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(Option<i64>, serde_json::Value)>, ProcessorError> {
+        use futures::TryStreamExt;
+        let infos: Vec<deltalake::kernel::CommitInfo> = self
+            .table
+            .history(Some(limit))
+            .try_collect()
+            .await
+            .map_err(delta_err(&self.uri, "read history"))?;
+        Ok(infos
+            .into_iter()
+            .filter_map(|mut i| i.info.remove(METADATA_KEY).map(|m| (i.timestamp, m)))
+            .collect())
+    }
+
+    /// Timestamp (ms since the epoch) of the newest commit.
+    pub async fn last_commit_millis(&self) -> Result<Option<i64>, ProcessorError> {
+        use futures::TryStreamExt;
+        let infos: Vec<deltalake::kernel::CommitInfo> = self
+            .table
+            .history(Some(1))
+            .try_collect()
+            .await
+            .map_err(delta_err(&self.uri, "read history"))?;
+        Ok(infos.first().and_then(|i| i.timestamp))
+    }
+
+    /// Rows in the table (from the data files' statistics).
+    pub fn row_count(&self) -> Result<u64, ProcessorError> {
+        let snapshot = self
+            .table
+            .snapshot()
+            .map_err(delta_err(&self.uri, "read snapshot"))?;
+        Ok(snapshot
+            .log_data()
+            .into_iter()
+            .filter_map(|f| f.num_records())
+            .map(|n| n as u64)
+            .sum())
+    }
+
+    /// The table URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
     }
 
     /// Paths of the table's data files (for tests and status).

@@ -45,6 +45,14 @@ pub enum ProcessorError {
         /// deltalake's error (boxed: it is large).
         source: Box<deltalake::DeltaTableError>,
     },
+    /// Kafka client setup or a Kafka operation that must not fail (dead letters).
+    #[error("kafka: {what}: {reason}")]
+    Kafka {
+        /// What was attempted.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// Invalid configuration.
     #[error("configuration: {reason}")]
     Config {
@@ -67,7 +75,17 @@ impl ProcessorError {
                 | D::Io { .. } => ErrorClass::Retryable,
                 _ => ErrorClass::Fatal,
             },
-            ProcessorError::Config { .. } => ErrorClass::Fatal,
+            ProcessorError::Config { .. } | ProcessorError::Kafka { .. } => ErrorClass::Fatal,
+        }
+    }
+
+    /// The process exit code for this error: 2 configuration, 4 Kafka, 5 Delta, 1 other.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ProcessorError::Config { .. } => 2,
+            ProcessorError::Kafka { .. } | ProcessorError::Decode { .. } => 4,
+            ProcessorError::Delta { .. } => 5,
+            ProcessorError::Parse { .. } => 1,
         }
     }
 }

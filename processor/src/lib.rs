@@ -1,14 +1,28 @@
-//! pgtrail processor: consumes the raw log record topics and writes Delta Lake audit tables.
+//! pgtrail processor: consumes the raw log record topics and writes one Delta Lake audit table
+//! per server, exactly once.
 //!
-//! This crate so far holds the parsing layer (`parse`: csvlog, jsonlog and stderr records into
-//! one [`parse::LogRecord`] shape, pgaudit entries into [`parse::pgaudit::AuditEntry`]) and the
-//! audit layer (`audit`: rows of the standard audit schema, statement outcomes). The Kafka
-//! consumer, Delta writer and binary come with the rest of the processor issue.
-//! Must not: depend on the shipper.
+//! Layers, bottom up: `parse` (csvlog, jsonlog and stderr records into one
+//! [`parse::LogRecord`] shape, pgaudit entries), `audit` (rows of the standard audit schema,
+//! statement outcomes), `partition` (one Kafka partition: dedup of re-shipped records, the
+//! exactly-once checkpoint), `delta` and `sink` (the table, fenced commits), `worker` and
+//! `consumer` (Kafka, rebalances, flushing), `status` (what the tables hold). `config` and
+//! `telemetry` serve the binary. Must not: depend on the shipper.
 
 pub mod audit;
+pub mod config;
+pub mod consumer;
 pub mod delta;
+pub mod dlq;
 pub mod error;
 pub mod parse;
+pub mod partition;
+pub mod sink;
+pub mod status;
+pub mod telemetry;
+pub mod worker;
 
+pub use config::{Cli, Config};
 pub use error::{ErrorClass, ProcessorError};
+
+/// Log filter without `PGTRAIL_LOG`: deltalake's kernel logs every snapshot at INFO.
+pub const DEFAULT_LOG_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn";

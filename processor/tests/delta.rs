@@ -82,14 +82,15 @@ async fn commits_carry_txn_versions_and_survive_reopening() {
     let batch = to_batch(&rows(3, 0, 39)).unwrap();
     assert_eq!(batch.schema(), arrow_schema());
     let v = t
-        .commit(batch, &BTreeMap::from([(p0.clone(), 41)]))
+        .commit(vec![batch], &BTreeMap::from([(p0.clone(), 41)]), None)
         .await
         .unwrap();
     assert_eq!(v, 1);
     let v = t
         .commit(
-            to_batch(&rows(2, 1, 0)).unwrap(),
+            vec![to_batch(&rows(2, 1, 0)).unwrap()],
             &BTreeMap::from([(p1.clone(), 1)]),
+            Some(serde_json::json!({"group": "g"})),
         )
         .await
         .unwrap();
@@ -98,6 +99,10 @@ async fn commits_carry_txn_versions_and_survive_reopening() {
     // A fresh process sees the same versions and rows.
     let t = AuditTable::open_or_create(&uri).await.unwrap();
     assert_eq!(t.version(), Some(2));
+    assert_eq!(t.row_count().unwrap(), 5);
+    let meta = t.recent_metadata(10).await.unwrap();
+    assert_eq!(meta.len(), 1, "only the second commit carried metadata");
+    assert_eq!(meta[0].1["group"], "g");
     assert_eq!(t.txn_version(&p0).await.unwrap(), Some(41));
     assert_eq!(t.txn_version(&p1).await.unwrap(), Some(1));
     assert_eq!(count_rows(&t), 5);

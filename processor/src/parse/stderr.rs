@@ -88,6 +88,29 @@ impl<T> StderrAssembler<T> {
         }
     }
 
+    /// Tags of the records still open (waiting for more lines).
+    pub fn open_tags(&self) -> impl Iterator<Item = &T> {
+        self.open.values().map(|(_, t)| t)
+    }
+
+    /// Emits the open records logged before `cutoff`. PostgreSQL writes a record's lines in
+    /// one piece, so once later lines arrived an older open record is complete.
+    pub fn finish_before(
+        &mut self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(LogRecord, T)> {
+        let keys: Vec<Option<i64>> = self
+            .open
+            .iter()
+            .filter(|(_, (r, _))| r.log_time.is_none_or(|t| t < cutoff))
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out: Vec<(LogRecord, T)> =
+            keys.iter().filter_map(|k| self.open.remove(k)).collect();
+        out.sort_by_key(|(r, _)| r.log_time);
+        out
+    }
+
     /// Emits every open record.
     pub fn finish(&mut self) -> Vec<(LogRecord, T)> {
         let mut out: Vec<(LogRecord, T)> = self.open.drain().map(|(_, r)| r).collect();

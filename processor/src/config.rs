@@ -1,0 +1,427 @@
+//! Processor configuration: the TOML file, the command-line flags that override it, validation,
+//! and the topic → table and server → parsing mappings derived from it.
+//!
+//! Owns [`Cli`] (subcommands `run` and `status`), [`Config`] (every field documented with unit
+//! and default) and [`ServerSettings`]. Invariants: the file is parsed with
+//! `deny_unknown_fields`; a flag given on the command line wins over the file; the only
+//! environment variable read is `PGTRAIL_LOG` (log filter, in `main.rs`). Must not: open
+//! files other than the config, sockets, Kafka connections or tables.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgtrail_avro::LogFormat;
+use serde::Deserialize;
+
+use crate::error::ProcessorError;
+use crate::parse::ServerFormat;
+
+/// `pgtrail-processor`: raw PostgreSQL log records from Kafka into Delta Lake audit tables.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "pgtrail-processor", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log output: `text` or `json`.
+    #[arg(long, default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Consume the raw record topics and commit audit rows to the Delta tables.
+    Run(Box<RunArgs>),
+    /// Per table: Delta version, row count, Kafka offset per topic-partition, last commit.
+    Status(StatusArgs),
+}
+
+/// Flags of `run` (each overrides the config file).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Consumer group id (also names the Delta `txn` application ids).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Topics, comma separated; an entry starting with `^` is a regular expression.
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Lake root: a local directory or an object-store URI.
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// Suffix of every default table name (`_uat` → `primary_postgresql_logs_uat`).
+    #[arg(long)]
+    pub table_suffix: Option<String>,
+    /// Confluent Schema Registry URL (needed only for Confluent-framed messages).
+    #[arg(long)]
+    pub registry_url: Option<String>,
+    /// Dead-letter topic.
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Commit after this many rows are buffered for a table.
+    #[arg(long)]
+    pub flush_rows: Option<usize>,
+    /// Commit after this many record bytes are buffered for a table.
+    #[arg(long)]
+    pub flush_bytes: Option<usize>,
+    /// Commit at least this often while records arrive (e.g. `10s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub flush_interval: Option<Duration>,
+    /// Exit 0 once every assigned partition has been idle this long (batch mode).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub exit_when_idle: Option<Duration>,
+    /// How long an audit event waits for its outcome, in log time (e.g. `60s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub outcome_window: Option<Duration>,
+    /// `cooperative-sticky` (incremental) or `range` / `roundrobin` (eager).
+    #[arg(long)]
+    pub assignment_strategy: Option<String>,
+    /// Address of the Prometheus metrics endpoint, `none` to disable.
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Run an in-process Kafka (librdkafka mock cluster) with the topics created, write its
+    /// bootstrap address to this file, and consume from it. For the quick start only.
+    #[arg(long)]
+    pub embedded_kafka: Option<PathBuf>,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Lake root (local directory): every table under `<lake>/pg_archive_sync/`.
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// A table URI; repeat for several.
+    #[arg(long)]
+    pub table: Vec<String>,
+    /// Also count rows per audit class and result (reads the data files).
+    #[arg(long)]
+    pub summary: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parsing settings of one server (the `server` field of the records).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// The server's `log_line_prefix` (stderr logs). Default: `default_log_line_prefix`.
+    pub log_line_prefix: Option<String>,
+    /// IANA zone resolving zone abbreviations in its log times (`Europe/Berlin`). Default
+    /// none: only UTC/GMT and numeric offsets are accepted, anything else is dead-lettered.
+    pub timezone: Option<String>,
+    /// Log formats to turn into rows. Default all; records of other formats are skipped and
+    /// counted (ship one format per server, or name it here, so events are not tripled).
+    pub formats: Option<Vec<LogFormat>>,
+}
+
+/// The whole processor configuration (TOML file + flags).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka bootstrap servers. Default `localhost:9092`.
+    pub brokers: String,
+    /// Consumer group id; also part of every `txn` application id. Default
+    /// `pgtrail-processor`. Changing it makes the processor start the topics from the
+    /// beginning again (dropping what the table already holds by source coordinates only
+    /// within the dedup memory), so don't.
+    pub group: String,
+    /// Topics; entries starting with `^` are regular expressions. Default
+    /// `["^pgaudit\\.raw\\..*"]`.
+    pub topics: Vec<String>,
+    /// Prefix stripped from a topic to name its server's table. Default `pgaudit.raw.`.
+    pub topic_prefix: String,
+    /// Lake root: local directory or object-store URI. Default `./lake`.
+    pub lake: String,
+    /// Appended to every default table name. Default empty.
+    pub table_suffix: String,
+    /// Explicit topic → table URI mapping (wins over the default name). Default none.
+    pub tables: BTreeMap<String, String>,
+    /// Confluent Schema Registry URL. Default none (single-object encoded messages only).
+    pub registry_url: Option<String>,
+    /// Dead-letter topic: undecodable and unparseable records with reason and coordinates.
+    /// Default `pgaudit.deadletter`.
+    pub dead_letter_topic: String,
+    /// Rows buffered per table before a commit. Default 100000.
+    pub flush_rows: usize,
+    /// Record bytes buffered per table before a commit. Default 67108864 (64 MiB).
+    pub flush_bytes: usize,
+    /// Milliseconds between commits while records arrive. Default 10000.
+    pub flush_interval_ms: u64,
+    /// Milliseconds of log time an audit event waits for its outcome. Default 60000. A
+    /// partition idle this long in wall time releases what it holds as SUCCESS.
+    pub outcome_window_ms: u64,
+    /// Delta checkpoint every this many versions. Default 10.
+    pub checkpoint_interval: u64,
+    /// Milliseconds a revoked partition may take to commit what is in hand; after that it is
+    /// dropped unwritten and re-consumed by its new owner. Default 10000.
+    pub revoke_deadline_ms: u64,
+    /// Attempts of a Delta commit that conflicts with another writer. Default 20.
+    pub commit_attempts: u32,
+    /// `cooperative-sticky`, `range` or `roundrobin`. Default `cooperative-sticky`.
+    pub assignment_strategy: String,
+    /// Exit 0 after every assigned partition was idle this many milliseconds. Default none
+    /// (run until SIGTERM).
+    pub exit_when_idle_ms: Option<u64>,
+    /// Milliseconds SIGTERM may take to flush and commit. Default 30000.
+    pub drain_deadline_ms: u64,
+    /// Prometheus endpoint address or `none`. Default `127.0.0.1:9188`.
+    pub metrics_addr: String,
+    /// `log_line_prefix` of servers without their own. Default `%m [%p] `.
+    pub default_log_line_prefix: String,
+    /// Per-server parsing settings, keyed by server name. Default none.
+    pub servers: BTreeMap<String, ServerSettings>,
+    /// Extra librdkafka consumer properties (security...). Values are never logged;
+    /// `enable.auto.commit`, `enable.auto.offset.store`, `group.id` and
+    /// `partition.assignment.strategy` cannot be overridden.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            brokers: "localhost:9092".into(),
+            group: "pgtrail-processor".into(),
+            topics: vec![r"^pgaudit\.raw\..*".into()],
+            topic_prefix: "pgaudit.raw.".into(),
+            lake: "./lake".into(),
+            table_suffix: String::new(),
+            tables: BTreeMap::new(),
+            registry_url: None,
+            dead_letter_topic: "pgaudit.deadletter".into(),
+            flush_rows: 100_000,
+            flush_bytes: 64 << 20,
+            flush_interval_ms: 10_000,
+            outcome_window_ms: 60_000,
+            checkpoint_interval: 10,
+            revoke_deadline_ms: 10_000,
+            commit_attempts: 20,
+            assignment_strategy: "cooperative-sticky".into(),
+            exit_when_idle_ms: None,
+            drain_deadline_ms: 30_000,
+            metrics_addr: "127.0.0.1:9188".into(),
+            default_log_line_prefix: "%m [%p] ".into(),
+            servers: BTreeMap::new(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+fn config_err(reason: impl Into<String>) -> ProcessorError {
+    ProcessorError::Config {
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// The file (if any) with the flags applied, validated.
+    pub fn load(args: &RunArgs) -> Result<Config, ProcessorError> {
+        let mut cfg = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+                Self::from_toml(&text)
+                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply(args);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    fn apply(&mut self, a: &RunArgs) {
+        let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX)) as u64;
+        let set = |dst: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                dst.clone_from(v);
+            }
+        };
+        set(&mut self.brokers, &a.brokers);
+        set(&mut self.group, &a.group);
+        set(&mut self.lake, &a.lake);
+        set(&mut self.table_suffix, &a.table_suffix);
+        set(&mut self.dead_letter_topic, &a.dead_letter_topic);
+        set(&mut self.assignment_strategy, &a.assignment_strategy);
+        set(&mut self.metrics_addr, &a.metrics_addr);
+        if !a.topics.is_empty() {
+            self.topics.clone_from(&a.topics);
+        }
+        if a.registry_url.is_some() {
+            self.registry_url.clone_from(&a.registry_url);
+        }
+        if let Some(v) = a.flush_rows {
+            self.flush_rows = v;
+        }
+        if let Some(v) = a.flush_bytes {
+            self.flush_bytes = v;
+        }
+        if let Some(d) = a.flush_interval {
+            self.flush_interval_ms = ms(d);
+        }
+        if let Some(d) = a.outcome_window {
+            self.outcome_window_ms = ms(d);
+        }
+        if let Some(d) = a.exit_when_idle {
+            self.exit_when_idle_ms = Some(ms(d));
+        }
+    }
+
+    /// Checks values and that every server's prefix and zone compile.
+    pub fn validate(&self) -> Result<(), ProcessorError> {
+        if self.group.is_empty() || self.brokers.is_empty() || self.lake.is_empty() {
+            return Err(config_err("group, brokers and lake must not be empty"));
+        }
+        if self.topics.is_empty() {
+            return Err(config_err("no topics"));
+        }
+        if self.flush_rows == 0 || self.flush_bytes == 0 {
+            return Err(config_err("flush_rows and flush_bytes must be positive"));
+        }
+        if !matches!(
+            self.assignment_strategy.as_str(),
+            "cooperative-sticky" | "range" | "roundrobin"
+        ) {
+            return Err(config_err(format!(
+                "assignment_strategy {:?}: expected cooperative-sticky, range or roundrobin",
+                self.assignment_strategy
+            )));
+        }
+        for key in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "group.id",
+            "partition.assignment.strategy",
+        ] {
+            if self.kafka.contains_key(key) {
+                return Err(config_err(format!("kafka.{key} cannot be overridden")));
+            }
+        }
+        self.server_format("default")?;
+        for name in self.servers.keys() {
+            self.server_format(name)?;
+        }
+        Ok(())
+    }
+
+    /// The table URI of a topic.
+    pub fn table_for_topic(&self, topic: &str) -> String {
+        if let Some(t) = self.tables.get(topic) {
+            return t.clone();
+        }
+        let server = topic.strip_prefix(&self.topic_prefix).unwrap_or(topic);
+        let server: String = server
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!(
+            "{}/pg_archive_sync/{server}_postgresql_logs{}",
+            self.lake.trim_end_matches('/'),
+            self.table_suffix
+        )
+    }
+
+    /// Parsing settings of `server`.
+    pub fn server_format(&self, server: &str) -> Result<ServerFormat, ProcessorError> {
+        let s = self.servers.get(server);
+        let prefix = s
+            .and_then(|s| s.log_line_prefix.as_deref())
+            .unwrap_or(&self.default_log_line_prefix);
+        let zone = s.and_then(|s| s.timezone.as_deref());
+        ServerFormat::new(prefix, zone).map_err(|e| config_err(format!("server {server}: {e}")))
+    }
+
+    /// Whether rows are made from `format` records of `server`.
+    pub fn accepts(&self, server: &str, format: LogFormat) -> bool {
+        self.servers
+            .get(server)
+            .and_then(|s| s.formats.as_ref())
+            .is_none_or(|f| f.contains(&format))
+    }
+
+    /// Duration helper.
+    pub fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let text = include_str!("../pgtrail-processor.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_fail() {
+        assert!(Config::from_toml("brokerz = \"x\"").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "group = \"g1\"\nflush_rows = 7\n[servers.primary]\nlog_line_prefix = \"%m %c \"\ntimezone = \"Europe/Berlin\"\nformats = [\"csvlog\"]\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "pgtrail-processor",
+            "run",
+            "-c",
+            path.to_str().unwrap(),
+            "--group",
+            "g2",
+            "--topics",
+            "a,^b.*",
+            "--exit-when-idle",
+            "3s",
+            "--table-suffix",
+            "_uat",
+            "--lake",
+            "/lake/",
+        ]);
+        let Command::Run(args) = cli.command else {
+            panic!("run")
+        };
+        let args = *args;
+        let c = Config::load(&args).unwrap();
+        assert_eq!(
+            (c.group.as_str(), c.flush_rows, c.exit_when_idle_ms),
+            ("g2", 7, Some(3000))
+        );
+        assert_eq!(c.topics, vec!["a", "^b.*"]);
+        assert_eq!(
+            c.table_for_topic("pgaudit.raw.primary"),
+            "/lake/pg_archive_sync/primary_postgresql_logs_uat"
+        );
+        assert!(c.accepts("primary", LogFormat::Csvlog));
+        assert!(!c.accepts("primary", LogFormat::Stderr));
+        assert!(c.accepts("replica", LogFormat::Stderr));
+        assert!(c.server_format("primary").unwrap().zone.is_some());
+        std::fs::write(&path, "[servers.x]\ntimezone = \"Mars/Base\"\n").unwrap();
+        assert!(Config::load(&args).is_err(), "unknown zone");
+    }
+}

@@ -1,0 +1,247 @@
+//! The Kafka side of the processor: the consumer with manual offsets, its rebalance callbacks,
+//! and the poll loop.
+//!
+//! Owns [`run`] and the consumer context. Each partition starts at the `txn` version its
+//! table holds + 1, written into the assignment inside the rebalance callback (eager and
+//! cooperative-sticky alike); Kafka's committed offsets are never read. Revocation commits
+//! what is in hand (or drops it) before the partitions are given up. Invariants: the loop
+//! checks cancellation every poll (≤ 100 ms); SIGTERM stops intake, commits within the drain
+//! deadline and returns. Must not: parse records or touch tables itself (the worker does).
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pgtrail_avro::{Decoder, Registry};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::dlq::DeadLetters;
+use crate::error::ProcessorError;
+use crate::telemetry::{Metrics, PartitionLabel, ReasonLabel};
+use crate::worker::{Totals, Worker};
+
+/// The consumer context: rebalance callbacks reach the worker through it.
+pub struct Ctx {
+    worker: Mutex<Worker>,
+    metrics: Metrics,
+}
+
+impl Ctx {
+    fn worker(&self) -> MutexGuard<'_, Worker> {
+        self.worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, stats: Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag_messages
+                        .get_or_create(&PartitionLabel {
+                            topic: topic.clone(),
+                            partition: p.to_string(),
+                        })
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let mut w = self.worker();
+        let kind = |k: &str| ReasonLabel { reason: k.into() };
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.metrics.rebalances.get_or_create(&kind("assign")).inc();
+                if let Err(e) = w.assign(tpl) {
+                    error!(error = %e, "Cannot resume the assigned partitions.");
+                    w.failed = Some(e);
+                    return;
+                }
+                let r = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = r {
+                    error!(error = %e, "Assign failed.");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let k = if lost { "lost" } else { "revoke" };
+                self.metrics.rebalances.get_or_create(&kind(k)).inc();
+                w.revoke(tpl, lost, consumer);
+                let r = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = r {
+                    error!(error = %e, "Unassign failed.");
+                }
+            }
+            other => {
+                error!(code = ?other, "Rebalance error.");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+fn kafka(what: &str, e: impl std::fmt::Display) -> ProcessorError {
+    ProcessorError::Kafka {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// The consumer's client configuration.
+pub fn consumer_config(cfg: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", "100");
+    for (k, v) in &cfg.kafka {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("partition.assignment.strategy", &cfg.assignment_strategy);
+    c
+}
+
+async fn ensure_topic(cfg: &Config, topic: &str) -> Result<(), ProcessorError> {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.kafka {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.brokers);
+    let admin: AdminClient<DefaultClientContext> =
+        c.create().map_err(|e| kafka("admin client", e))?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(|e| kafka("create dead-letter topic", e))?;
+    for r in results {
+        match r {
+            Ok(name) => info!(topic = %name, "Created dead-letter topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(kafka(&format!("create topic {name}"), format!("{code:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consumes until cancelled (or idle, with `exit_when_idle_ms`). Blocking: call from a thread
+/// outside the runtime `rt` belongs to (e.g. `spawn_blocking`).
+pub fn run(
+    cfg: Config,
+    metrics: Metrics,
+    cancel: CancellationToken,
+    rt: Handle,
+) -> Result<Totals, ProcessorError> {
+    let registry = cfg.registry_url.as_deref().map(Registry::new).transpose().map_err(|e| {
+        ProcessorError::Config {
+            reason: format!("registry_url: {e}"),
+        }
+    })?;
+    rt.block_on(ensure_topic(&cfg, &cfg.dead_letter_topic))?;
+    let dlq = DeadLetters::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.kafka)?;
+    let worker = Worker::new(cfg.clone(), rt, metrics.clone(), Decoder::new(registry), dlq);
+    let ctx = Ctx {
+        worker: Mutex::new(worker),
+        metrics: metrics.clone(),
+    };
+    let consumer: BaseConsumer<Ctx> = consumer_config(&cfg)
+        .create_with_context(ctx)
+        .map_err(|e| kafka("consumer", e))?;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| kafka("subscribe", e))?;
+    info!(group = cfg.group, topics = cfg.topics.join(","), "Subscribed.");
+    let idle_exit = cfg.exit_when_idle_ms.map(Config::ms);
+    let started = Instant::now();
+    let mut last_tick = Instant::now();
+    let outcome = loop {
+        if cancel.is_cancelled() {
+            info!("Draining: committing what is in hand.");
+            let deadline = Instant::now() + Config::ms(cfg.drain_deadline_ms);
+            let r = consumer.context().worker().commit_all(Some(deadline), &consumer);
+            break r;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut w = consumer.context().worker();
+                w.handle(
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    m.payload().unwrap_or(&[]),
+                )?;
+            }
+            Some(Err(e)) => warn!(error = %e, "Consumer error."),
+            None => {}
+        }
+        if last_tick.elapsed() < Duration::from_millis(200) {
+            continue;
+        }
+        last_tick = Instant::now();
+        metrics
+            .last_commit_age_seconds
+            .set(metrics.last_commit_age_seconds.get() + 0.2);
+        let mut w = consumer.context().worker();
+        if let Some(e) = w.failed.take() {
+            return Err(e);
+        }
+        w.tick(&consumer)?;
+        if let Some(idle) = idle_exit
+            && w.last_activity.elapsed() >= idle
+            && started.elapsed() >= idle
+        {
+            info!(
+                idle_ms = idle.as_millis() as u64,
+                partitions = w.assigned(),
+                "Every assigned partition idle: finishing."
+            );
+            break w.finish_all(&consumer);
+        }
+    };
+    let totals = consumer.context().worker().totals.clone();
+    consumer.unsubscribe();
+    outcome.map(|()| totals)
+}

@@ -1,0 +1,146 @@
+//! `pgtrail-processor`: parse flags and config, set up tracing and metrics, run the consumer
+//! until SIGTERM/SIGINT (or, with `--exit-when-idle`, until the topics are drained), map
+//! errors to exit codes; `status` prints what the tables hold.
+//!
+//! Exit codes: 0 success, 1 other error, 2 configuration, 4 Kafka, 5 Delta.
+//! Environment: `PGTRAIL_LOG` sets the log filter (default `info`). Must not: hold logic.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use processor::config::{Command, RunArgs, StatusArgs};
+use processor::telemetry::Metrics;
+use processor::{Cli, Config};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_env("PGTRAIL_LOG").unwrap_or_else(|_| EnvFilter::new(processor::DEFAULT_LOG_FILTER));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start the runtime.");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => rt.block_on(run(*args)),
+        Command::Status(args) => rt.block_on(status(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %e, "Processor failed.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = match Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid configuration.");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    // The embedded cluster must outlive the consumer: it is dropped at the end of `run`.
+    let _embedded = match &args.embedded_kafka {
+        Some(file) => {
+            let cluster = rdkafka::mocking::MockCluster::new(1)?;
+            for t in cfg.topics.iter().filter(|t| !t.starts_with('^')) {
+                cluster.create_topic(t, 3, 1)?;
+            }
+            cluster.create_topic(&cfg.dead_letter_topic, 1, 1)?;
+            cfg.brokers = cluster.bootstrap_servers();
+            std::fs::write(file, &cfg.brokers)?;
+            tracing::info!(brokers = cfg.brokers, "Embedded Kafka (in-process, not durable).");
+            Some(cluster)
+        }
+        None => None,
+    };
+    let cancel = CancellationToken::new();
+    let signals = cancel.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received."),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
+        }
+        signals.cancel();
+    });
+    let metrics = Metrics::default();
+    if cfg.metrics_addr != "none" {
+        let addr = cfg.metrics_addr.parse()?;
+        let bound = processor::telemetry::serve(addr, &metrics, cancel.clone()).await?;
+        tracing::info!(%bound, "Metrics at /metrics.");
+    }
+    let handle = tokio::runtime::Handle::current();
+    let worker_cancel = cancel.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        processor::consumer::run(cfg, metrics, worker_cancel, handle)
+    })
+    .await?;
+    cancel.cancel();
+    Ok(match outcome {
+        Ok(t) => {
+            tracing::info!(
+                messages = t.messages,
+                rows = t.rows,
+                dead_letters = t.dead_letters,
+                commits = t.commits,
+                "Processor stopped."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, class = ?e.class(), "Processor stopped on an error.");
+            ExitCode::from(e.exit_code())
+        }
+    })
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut tables = args.table.clone();
+    if let Some(lake) = &args.lake {
+        tables.extend(processor::status::find_tables(lake));
+    }
+    if tables.is_empty() {
+        eprintln!("status: no tables (give --lake or --table)");
+        return Ok(ExitCode::from(2));
+    }
+    let mut all = Vec::new();
+    for t in &tables {
+        match processor::status::table_status(t, args.summary).await? {
+            Some(s) => all.push(s),
+            None => eprintln!("status: no Delta table at {t}"),
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for s in &all {
+            print!("{s}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

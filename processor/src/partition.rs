@@ -1,0 +1,430 @@
+//! One Kafka partition's processing: decode result in, audit rows and dead letters out, plus
+//! the exactly-once bookkeeping that goes into each Delta commit.
+//!
+//! Owns [`Partition`] and [`PartitionCheckpoint`]. Per message, in offset order: re-shipped
+//! records are dropped by source coordinates (per file, the highest byte offset already seen
+//! in this partition: the shipper's idempotent producer delivers a prefix of each file's
+//! records per partition, and re-ships from its checkpoint), then parse, stderr assembly and
+//! outcome tracking. Invariants:
+//! - the committed offset ([`Partition::safe_offset`]) is below every record still *pending*
+//!   (held for its outcome or waiting for stderr continuation lines), so nothing unwritten is
+//!   ever behind it;
+//! - rows from records after the safe offset may already be written: the checkpoint lists the
+//!   last offset processed and the pending ones, and a replay after a crash emits outputs only
+//!   for records past that last offset or pending then (each record's output exactly once);
+//! - the dedup memory committed is the one as of the safe offset, so a replay makes the same
+//!   decisions.
+//!
+//! Must not: do I/O (the caller writes rows and dead letters).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pgtrail_avro::{LogFormat, RawRecord};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::outcome::{Disposition, OutcomeTracker};
+use crate::audit::{AuditRow, Outcome, Source};
+use crate::parse::stderr::StderrAssembler;
+use crate::parse::{LogRecord, ServerFormat, parse_record};
+use crate::telemetry::Metrics;
+
+/// Files remembered per partition for dedup (most recently seen kept).
+const DEDUP_FILES: usize = 512;
+
+/// How far behind the newest stderr log time an open record is considered complete.
+const STDERR_SETTLE: chrono::Duration = chrono::Duration::seconds(2);
+
+/// What a partition's last commit recorded (stored in the Delta commit's metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The `txn` version: every record up to here is fully handled.
+    pub version: i64,
+    /// Last offset processed when committing (≥ version).
+    pub last: i64,
+    /// Offsets in (version, last] whose outputs were not written yet.
+    pub pending: Vec<i64>,
+    /// Dedup memory as of `version`: file id → highest byte offset seen.
+    pub files: BTreeMap<String, i64>,
+}
+
+/// A record for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Topic of the record.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// `decode`, `parse` or `audit`.
+    pub kind: &'static str,
+    /// Why.
+    pub reason: String,
+    /// The message key, as consumed.
+    pub key: Option<Vec<u8>>,
+    /// The message value, as consumed.
+    pub payload: Vec<u8>,
+}
+
+/// Where a record's outputs go.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Rows with the offset of the record they came from.
+    pub rows: Vec<(AuditRow, i64)>,
+    /// Dead letters.
+    pub dead: Vec<DeadLetter>,
+}
+
+/// A consumed message's coordinates and bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value.
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, Clone)]
+struct Tag {
+    offset: i64,
+    source: Source,
+    raw: String,
+}
+
+/// The per-server view a partition needs.
+pub trait Servers {
+    /// Parsing settings of a server.
+    fn format(&mut self, server: &str) -> Result<&ServerFormat, String>;
+    /// Whether records of `format` from `server` become rows.
+    fn accepts(&self, server: &str, format: LogFormat) -> bool;
+}
+
+/// State of one assigned topic-partition.
+pub struct Partition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The `txn` version this instance last read or committed (fencing: another value in the
+    /// table means another instance wrote this partition).
+    pub committed: Option<i64>,
+    replay_last: i64,
+    replay_pending: HashSet<i64>,
+    dedup_base: HashMap<String, i64>,
+    dedup_now: HashMap<String, i64>,
+    dedup_log: VecDeque<(i64, String, i64)>,
+    assembler: StderrAssembler<Tag>,
+    tracker: OutcomeTracker,
+    held: HashMap<String, i64>,
+    pending: BTreeMap<i64, u32>,
+    last: Option<i64>,
+    last_activity: Instant,
+    stderr_watermark: Option<DateTime<Utc>>,
+}
+
+impl Partition {
+    /// A partition resuming from `checkpoint` (or from the start when `None`).
+    pub fn new(
+        topic: &str,
+        partition: i32,
+        committed: Option<i64>,
+        checkpoint: Option<PartitionCheckpoint>,
+        outcome_window: Duration,
+    ) -> Partition {
+        let cp = checkpoint.unwrap_or_else(|| PartitionCheckpoint {
+            version: committed.unwrap_or(-1),
+            last: committed.unwrap_or(-1),
+            ..PartitionCheckpoint::default()
+        });
+        let files: HashMap<String, i64> = cp.files.into_iter().collect();
+        Partition {
+            topic: topic.to_owned(),
+            partition,
+            committed,
+            replay_last: cp.last,
+            replay_pending: cp.pending.into_iter().collect(),
+            dedup_now: files.clone(),
+            dedup_base: files,
+            dedup_log: VecDeque::new(),
+            assembler: StderrAssembler::default(),
+            tracker: OutcomeTracker::new(outcome_window),
+            held: HashMap::new(),
+            pending: BTreeMap::new(),
+            last: committed,
+            last_activity: Instant::now(),
+            stderr_watermark: None,
+        }
+    }
+
+    /// The offset to resume consuming at.
+    pub fn resume_offset(&self) -> i64 {
+        self.committed.map_or(0, |v| v + 1)
+    }
+
+    fn emits(&self, offset: i64) -> bool {
+        offset > self.replay_last || self.replay_pending.contains(&offset)
+    }
+
+    fn add_pending(&mut self, offset: i64) {
+        *self.pending.entry(offset).or_default() += 1;
+    }
+
+    fn remove_pending(&mut self, offset: i64) {
+        if let Some(n) = self.pending.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(&offset);
+            }
+        }
+    }
+
+    /// Rows held for their outcome.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Time since the last message.
+    pub fn idle_for(&self) -> Duration {
+        self.last_activity.elapsed()
+    }
+
+    /// The last offset consumed.
+    pub fn last_offset(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// Handles one message. `record` is the decode result.
+    pub fn push(
+        &mut self,
+        msg: Incoming<'_>,
+        record: Result<RawRecord, String>,
+        servers: &mut dyn Servers,
+        metrics: &Metrics,
+        out: &mut Outputs,
+    ) {
+        let Incoming {
+            offset,
+            key,
+            payload,
+        } = msg;
+        self.last = Some(offset);
+        self.last_activity = Instant::now();
+        let dead = |kind: &'static str, reason: String| DeadLetter {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+            kind,
+            reason,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+        };
+        let rec = match record {
+            Ok(r) => r,
+            Err(reason) => {
+                if self.emits(offset) {
+                    out.dead.push(dead("decode", reason));
+                }
+                return;
+            }
+        };
+        let file = &rec.source.file_id;
+        if self.dedup_now.get(file).is_some_and(|&seen| seen >= rec.offset) {
+            metrics.skipped("duplicate");
+            return;
+        }
+        self.dedup_now.insert(file.clone(), rec.offset);
+        self.dedup_log.push_back((offset, file.clone(), rec.offset));
+        let format = rec.source.format;
+        if !servers.accepts(&rec.source.server, format) {
+            metrics.skipped("format_filtered");
+            return;
+        }
+        let parsed = servers
+            .format(&rec.source.server)
+            .and_then(|server| parse_record(format, &rec.data, server));
+        let (log, kind) = match parsed {
+            Ok(p) => p,
+            Err(reason) => {
+                let reason = if rec.truncated {
+                    format!("{reason} (record truncated by the shipper)")
+                } else {
+                    reason
+                };
+                if self.emits(offset) {
+                    out.dead.push(dead("parse", reason));
+                }
+                return;
+            }
+        };
+        let tag = Tag {
+            offset,
+            source: Source {
+                server: rec.source.server,
+                host: rec.source.host,
+                format,
+                path: rec.source.source_path,
+                file_id: rec.source.file_id,
+                offset: rec.offset,
+            },
+            raw: String::from_utf8_lossy(&rec.data).into_owned(),
+        };
+        if format == LogFormat::Stderr {
+            if let Some(t) = log.log_time {
+                self.stderr_watermark = Some(self.stderr_watermark.map_or(t, |w| w.max(t)));
+            }
+            self.add_pending(offset);
+            let mut done = self.assembler.push(log, kind, tag);
+            if let Some(w) = self.stderr_watermark {
+                done.extend(self.assembler.finish_before(w - STDERR_SETTLE));
+            }
+            // Lines of a stderr record span messages: dead letters carry the record's text.
+            for (log, tag) in done {
+                self.remove_pending(tag.offset);
+                self.track(&log, tag, None, &[], metrics, out);
+            }
+        } else {
+            self.track(&log, tag, key, payload, metrics, out);
+        }
+    }
+
+    fn track(
+        &mut self,
+        log: &LogRecord,
+        tag: Tag,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        metrics: &Metrics,
+        out: &mut Outputs,
+    ) {
+        let mut released = Vec::new();
+        let disposition = self.tracker.push(log, &tag.source, &tag.raw, &mut released);
+        match disposition {
+            Disposition::Held => {
+                self.held.insert(tag.source.event_id(), tag.offset);
+                self.add_pending(tag.offset);
+            }
+            Disposition::Poison(reason) if self.emits(tag.offset) => {
+                out.dead.push(DeadLetter {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: tag.offset,
+                    kind: "audit",
+                    reason,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: if payload.is_empty() {
+                        tag.raw.as_bytes().to_vec()
+                    } else {
+                        payload.to_vec()
+                    },
+                });
+            }
+            Disposition::Skipped => metrics.skipped("not_audit"),
+            Disposition::LateOutcome => metrics.skipped("late_outcome"),
+            Disposition::UnauditedFailure | Disposition::Poison(_) => {}
+        }
+        self.emit(released, tag.offset, metrics, out);
+    }
+
+    fn emit(&mut self, rows: Vec<AuditRow>, own: i64, metrics: &Metrics, out: &mut Outputs) {
+        for row in rows {
+            let offset = match self.held.remove(&row.event_id) {
+                Some(o) => {
+                    self.remove_pending(o);
+                    o
+                }
+                None => own,
+            };
+            if self.emits(offset) {
+                out.rows.push((row, offset));
+            } else {
+                metrics.skipped("replayed");
+            }
+        }
+    }
+
+    /// Releases what waits on time: every pending record when the partition was idle longer
+    /// than `idle` (end of input, or a quiet server), else rows past the outcome window.
+    pub fn release_idle(&mut self, idle: Duration, metrics: &Metrics, out: &mut Outputs) {
+        if self.pending.is_empty() || self.last_activity.elapsed() < idle {
+            return;
+        }
+        self.finish(metrics, out);
+    }
+
+    /// Releases every pending record (end of input).
+    pub fn finish(&mut self, metrics: &Metrics, out: &mut Outputs) {
+        for (log, tag) in self.assembler.finish() {
+            self.remove_pending(tag.offset);
+            self.track(&log, tag, None, &[], metrics, out);
+        }
+        let mut released = Vec::new();
+        self.tracker.finish(&mut released);
+        self.emit(released, -1, metrics, out);
+    }
+
+    /// The offset every record up to which is fully handled (`None`: nothing consumed).
+    pub fn safe_offset(&self) -> Option<i64> {
+        match self.pending.keys().next() {
+            Some(&first) => Some(first - 1),
+            None => self.last,
+        }
+    }
+
+    /// The checkpoint of a commit at [`Partition::safe_offset`]; advances the dedup memory.
+    pub fn checkpoint(&mut self) -> Option<PartitionCheckpoint> {
+        let version = self.safe_offset()?;
+        while self.dedup_log.front().is_some_and(|(o, _, _)| *o <= version) {
+            if let Some((_, file, at)) = self.dedup_log.pop_front() {
+                self.dedup_base.insert(file, at);
+            }
+        }
+        if self.dedup_base.len() > DEDUP_FILES {
+            let mut by_offset: Vec<(i64, String)> = self
+                .dedup_base
+                .iter()
+                .map(|(f, o)| (*o, f.clone()))
+                .collect();
+            by_offset.sort();
+            for (_, f) in by_offset.iter().take(self.dedup_base.len() - DEDUP_FILES) {
+                self.dedup_base.remove(f);
+            }
+        }
+        // Pending now and meant to be written, plus the previous run's pending records this
+        // run has not reached yet; a replay emits exactly these within (version, last].
+        let current = self.last.unwrap_or(version);
+        let last = current.max(self.replay_last);
+        let mut pending: BTreeSet<i64> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|o| self.emits(*o))
+            .collect();
+        pending.extend(self.replay_pending.iter().filter(|o| **o > current));
+        pending.retain(|o| *o > version && *o <= last);
+        Some(PartitionCheckpoint {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            version,
+            last,
+            pending: pending.into_iter().collect(),
+            files: self
+                .dedup_base
+                .iter()
+                .map(|(f, o)| (f.clone(), *o))
+                .collect(),
+        })
+    }
+
+    /// Rows of the result FAILURE among `rows` (for metrics).
+    pub fn failures(rows: &[(AuditRow, i64)]) -> u64 {
+        rows.iter().filter(|(r, _)| r.result == Outcome::Failure).count() as u64
+    }
+}

@@ -1,0 +1,171 @@
+//! `pgtrail-processor status`: what each audit table holds — Delta version, row count, the
+//! Kafka offset recorded per topic-partition, last commit time — and, on request, rows per
+//! audit class and result.
+//!
+//! Owns [`TableStatus`], [`table_status`], [`find_tables`] and [`read_table`] (reads a
+//! local table's data files; also used by tests and the quick start summary). Invariant: the
+//! offsets shown are the `txn` versions in the table (the source of truth), not Kafka's
+//! committed offsets. Must not: write anything.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use deltalake::arrow::array::{Array, AsArray, RecordBatch};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::Serialize;
+
+use crate::delta::{AuditTable, app_id};
+use crate::error::ProcessorError;
+use crate::partition::PartitionCheckpoint;
+
+/// One table's state.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// Table URI.
+    pub table: String,
+    /// Delta version.
+    pub version: Option<u64>,
+    /// Rows (from file statistics).
+    pub rows: u64,
+    /// Last commit time.
+    pub last_commit: Option<DateTime<Utc>>,
+    /// `group/topic/partition` → last Kafka offset committed with the data.
+    pub offsets: BTreeMap<String, i64>,
+    /// `audit_class/result` → rows (with `--summary`).
+    pub classes: Option<BTreeMap<String, u64>>,
+}
+
+impl std::fmt::Display for TableStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "table {}", self.table)?;
+        let version = self.version.map_or("-".to_owned(), |v| v.to_string());
+        let last = self
+            .last_commit
+            .map_or("-".to_owned(), |t| t.to_rfc3339());
+        writeln!(f, "  version {version}, rows {}, last commit {last}", self.rows)?;
+        for (tp, offset) in &self.offsets {
+            writeln!(f, "  offset {tp} = {offset}")?;
+        }
+        if let Some(classes) = &self.classes {
+            for (c, n) in classes {
+                writeln!(f, "  {c:<24} {n:>10}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tables under `<lake>/pg_archive_sync/` (local lake directories only).
+pub fn find_tables(lake: &str) -> Vec<String> {
+    let root = Path::new(lake.strip_prefix("file://").unwrap_or(lake)).join("pg_archive_sync");
+    let mut out: Vec<String> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("_delta_log").is_dir())
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every row of a local table, as Arrow batches.
+pub fn read_table(table: &AuditTable) -> Result<Vec<RecordBatch>, ProcessorError> {
+    let mut out = Vec::new();
+    for uri in table.file_uris()? {
+        let path = uri.strip_prefix("file://").unwrap_or(&uri);
+        let err = |e: String| ProcessorError::Config {
+            reason: format!("reading {path}: {e}"),
+        };
+        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| err(e.to_string()))?;
+        for batch in reader {
+            out.push(batch.map_err(|e| err(e.to_string()))?);
+        }
+    }
+    Ok(out)
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Vec<Option<&'a str>> {
+    match batch.column_by_name(name) {
+        Some(c) => match c.as_string_opt::<i32>() {
+            Some(a) => (0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value(i)))
+                .collect(),
+            None => vec![None; batch.num_rows()],
+        },
+        None => vec![None; batch.num_rows()],
+    }
+}
+
+/// Values of a string column across batches.
+pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
+    batches
+        .iter()
+        .flat_map(|b| string_column(b, name).into_iter().map(|s| s.map(str::to_owned)))
+        .collect()
+}
+
+/// The status of the table at `uri` (`Ok(None)`: no table there).
+pub async fn table_status(
+    uri: &str,
+    summary: bool,
+) -> Result<Option<TableStatus>, ProcessorError> {
+    let Some(table) = AuditTable::open_existing(uri).await? else {
+        return Ok(None);
+    };
+    let mut offsets = BTreeMap::new();
+    for (_, meta) in table.recent_metadata(2000).await? {
+        let group = meta.get("group").and_then(|g| g.as_str()).unwrap_or("");
+        let Some(parts) = meta.get("partitions").and_then(|p| p.as_array()) else {
+            continue;
+        };
+        for p in parts {
+            let Ok(cp) = serde_json::from_value::<PartitionCheckpoint>(p.clone()) else {
+                continue;
+            };
+            let key = format!("{group}/{}/{}", cp.topic, cp.partition);
+            if offsets.contains_key(&key) {
+                continue;
+            }
+            // The txn version is the truth; the checkpoint only names the partition.
+            if let Some(v) = table
+                .txn_version(&app_id(group, &cp.topic, cp.partition))
+                .await?
+            {
+                offsets.insert(key, v);
+            }
+        }
+    }
+    let classes = if summary {
+        let batches = read_table(&table)?;
+        let mut counts = BTreeMap::new();
+        let class = strings(&batches, "audit_class");
+        let result = strings(&batches, "result");
+        for (c, r) in class.iter().zip(&result) {
+            let key = format!(
+                "{}/{}",
+                c.as_deref().unwrap_or("-"),
+                r.as_deref().unwrap_or("-")
+            );
+            *counts.entry(key).or_insert(0u64) += 1;
+        }
+        Some(counts)
+    } else {
+        None
+    };
+    Ok(Some(TableStatus {
+        table: uri.to_owned(),
+        version: table.version(),
+        rows: table.row_count()?,
+        last_commit: table
+            .last_commit_millis()
+            .await?
+            .and_then(DateTime::from_timestamp_millis),
+        offsets,
+        classes,
+    }))
+}

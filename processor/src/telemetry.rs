@@ -1,0 +1,228 @@
+//! Every metric of the processor, declared in one place, and the `/metrics` endpoint.
+//!
+//! Owns [`Metrics`] (names `pgtrail_processor_<noun>_<unit>`; labels of low cardinality:
+//! format, reason, table (one per server), topic and partition for lag). Must not: label by
+//! session, statement, file or anything unbounded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ProcessorError;
+
+/// Label: log format.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabel {
+    /// csvlog, jsonlog, stderr or `unknown` (undecodable).
+    pub format: String,
+}
+
+/// Label: a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
+/// Label: a table (its server's name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    /// Table name (last path segment).
+    pub table: String,
+}
+
+/// Label: a topic-partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: String,
+}
+
+fn commit_seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// All processor metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// Messages consumed from Kafka.
+    pub records_consumed: Family<FormatLabel, Counter>,
+    /// Records that became no row, by reason (`not_audit`, `duplicate`, `format_filtered`,
+    /// `late_outcome`, `replayed`).
+    pub records_skipped: Family<ReasonLabel, Counter>,
+    /// Records sent to the dead-letter topic, by reason (`decode`, `parse`, `audit`).
+    pub records_dead_lettered: Family<ReasonLabel, Counter>,
+    /// Rows committed to Delta tables.
+    pub rows_written: Family<TableLabel, Counter>,
+    /// Rows failed by a following error (FAILURE), audited or not.
+    pub rows_failed: Family<TableLabel, Counter>,
+    /// Audit events waiting for their outcome.
+    pub rows_held: Gauge,
+    /// Rows buffered, not yet committed.
+    pub rows_buffered: Gauge,
+    /// Delta commits.
+    pub commits: Family<TableLabel, Counter>,
+    /// Delta commit attempts that conflicted with another writer and were retried.
+    pub commit_conflicts: Family<TableLabel, Counter>,
+    /// Seconds per Delta commit (write + commit, retries included).
+    pub commit_duration_seconds: Family<TableLabel, Histogram, fn() -> Histogram>,
+    /// Delta table version after the last commit.
+    pub delta_version: Family<TableLabel, Gauge>,
+    /// Messages in the partition after the last committed offset (high watermark − next).
+    pub consumer_lag_messages: Family<PartitionLabel, Gauge>,
+    /// Partitions currently assigned.
+    pub partitions_assigned: Gauge,
+    /// Rebalance events, by kind (`assign`, `revoke`, `lost`).
+    pub rebalances: Family<ReasonLabel, Counter>,
+    /// Partitions whose state was dropped because another instance wrote them.
+    pub partitions_fenced: Counter,
+    /// Seconds since the last successful Delta commit.
+    pub last_commit_age_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            records_consumed: Family::default(),
+            records_skipped: Family::default(),
+            records_dead_lettered: Family::default(),
+            rows_written: Family::default(),
+            rows_failed: Family::default(),
+            rows_held: Gauge::default(),
+            rows_buffered: Gauge::default(),
+            commits: Family::default(),
+            commit_conflicts: Family::default(),
+            commit_duration_seconds: Family::new_with_constructor(commit_seconds),
+            delta_version: Family::default(),
+            consumer_lag_messages: Family::default(),
+            partitions_assigned: Gauge::default(),
+            rebalances: Family::default(),
+            partitions_fenced: Counter::default(),
+            last_commit_age_seconds: Gauge::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under `pgtrail_processor_`.
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("pgtrail_processor");
+        r.register("records_consumed", "Messages consumed", self.records_consumed.clone());
+        r.register("records_skipped", "Records that became no row", self.records_skipped.clone());
+        r.register(
+            "records_dead_lettered",
+            "Records sent to the dead-letter topic",
+            self.records_dead_lettered.clone(),
+        );
+        r.register("rows_written", "Rows committed to Delta", self.rows_written.clone());
+        r.register("rows_failed", "FAILURE rows committed", self.rows_failed.clone());
+        r.register("rows_held", "Audit events waiting for their outcome", self.rows_held.clone());
+        r.register("rows_buffered", "Rows not yet committed", self.rows_buffered.clone());
+        r.register("commits", "Delta commits", self.commits.clone());
+        r.register(
+            "commit_conflicts",
+            "Delta commit conflicts retried",
+            self.commit_conflicts.clone(),
+        );
+        r.register(
+            "commit_duration_seconds",
+            "Seconds per Delta commit",
+            self.commit_duration_seconds.clone(),
+        );
+        r.register("delta_version", "Delta table version", self.delta_version.clone());
+        r.register(
+            "consumer_lag_messages",
+            "Messages after the last committed offset",
+            self.consumer_lag_messages.clone(),
+        );
+        r.register(
+            "partitions_assigned",
+            "Partitions currently assigned",
+            self.partitions_assigned.clone(),
+        );
+        r.register("rebalances", "Rebalance events", self.rebalances.clone());
+        r.register(
+            "partitions_fenced",
+            "Partitions dropped because another instance wrote them",
+            self.partitions_fenced.clone(),
+        );
+        r.register(
+            "last_commit_age_seconds",
+            "Seconds since the last Delta commit",
+            self.last_commit_age_seconds.clone(),
+        );
+    }
+
+    /// Counts a skipped record.
+    pub fn skipped(&self, reason: &str) {
+        self.records_skipped
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The label of a table URI.
+    pub fn table(uri: &str) -> TableLabel {
+        TableLabel {
+            table: uri.rsplit('/').next().unwrap_or(uri).to_owned(),
+        }
+    }
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` until `cancel`; returns the
+/// bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    cancel: CancellationToken,
+) -> Result<SocketAddr, ProcessorError> {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let err = |e: std::io::Error| ProcessorError::Config {
+        reason: format!("metrics address {addr}: {e}"),
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        ),
+                        Err(_) => (
+                            [("content-type", "text/plain")],
+                            "encoding failed".to_owned(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+    });
+    Ok(bound)
+}

@@ -1,0 +1,464 @@
+//! The consumer's state between polls: assigned partitions, their buffered rows, the tables,
+//! the dead-letter producer; message handling, assignment, revocation and commits.
+//!
+//! Owns [`Worker`]. Runs on the consumer's thread (blocking; Delta operations run on the tokio
+//! runtime through a handle). Invariants: a partition's rows are committed only with its
+//! checkpoint, in one Delta version, after the dead letters before them were acknowledged;
+//! a revoked partition is committed within the revocation deadline or dropped unwritten, and
+//! never written after; the Kafka offset commit (advisory) follows the Delta commit. Must
+//! not: poll the consumer (the loop in `consumer.rs` does, and rebalance callbacks call in).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use pgtrail_avro::{Decoder, LogFormat, RawRecord};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::delta::{KafkaCoords, LakeRow};
+use crate::dlq::DeadLetters;
+use crate::error::ProcessorError;
+use crate::parse::ServerFormat;
+use crate::partition::{Incoming, Outputs, Partition, Servers};
+use crate::sink::{CommitResult, PartitionCommit, TableSink};
+use crate::telemetry::{FormatLabel, Metrics};
+
+/// Parsing settings per server, compiled once.
+struct ServerCache {
+    cfg: Config,
+    compiled: HashMap<String, Result<ServerFormat, String>>,
+}
+
+impl Servers for ServerCache {
+    fn format(&mut self, server: &str) -> Result<&ServerFormat, String> {
+        if !self.compiled.contains_key(server) {
+            let f = self.cfg.server_format(server).map_err(|e| e.to_string());
+            self.compiled.insert(server.to_owned(), f);
+        }
+        match self.compiled.get(server) {
+            Some(Ok(f)) => Ok(f),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(format!("server {server}: no settings")),
+        }
+    }
+
+    fn accepts(&self, server: &str, format: LogFormat) -> bool {
+        self.cfg.accepts(server, format)
+    }
+}
+
+struct Assigned {
+    partition: Partition,
+    rows: Vec<LakeRow>,
+    bytes: usize,
+}
+
+/// Totals of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    /// Messages consumed.
+    pub messages: u64,
+    /// Rows committed.
+    pub rows: u64,
+    /// Dead letters sent.
+    pub dead_letters: u64,
+    /// Delta commits.
+    pub commits: u64,
+}
+
+/// Everything the consumer thread owns besides the consumer.
+pub struct Worker {
+    cfg: Config,
+    rt: Handle,
+    metrics: Metrics,
+    decoder: Decoder,
+    servers: ServerCache,
+    sinks: HashMap<String, TableSink>,
+    parts: BTreeMap<(String, i32), Assigned>,
+    dlq: DeadLetters,
+    last_commit: Instant,
+    /// Last message or assignment change (for `exit_when_idle`).
+    pub last_activity: Instant,
+    /// Totals so far.
+    pub totals: Totals,
+    /// A fatal error raised inside a rebalance callback, for the loop to return.
+    pub failed: Option<ProcessorError>,
+}
+
+impl Worker {
+    /// A worker with no partitions.
+    pub fn new(
+        cfg: Config,
+        rt: Handle,
+        metrics: Metrics,
+        decoder: Decoder,
+        dlq: DeadLetters,
+    ) -> Worker {
+        Worker {
+            servers: ServerCache {
+                cfg: cfg.clone(),
+                compiled: HashMap::new(),
+            },
+            cfg,
+            rt,
+            metrics,
+            decoder,
+            sinks: HashMap::new(),
+            parts: BTreeMap::new(),
+            dlq,
+            last_commit: Instant::now(),
+            last_activity: Instant::now(),
+            totals: Totals::default(),
+            failed: None,
+        }
+    }
+
+    /// Partitions assigned.
+    pub fn assigned(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Sets up `tpl`'s partitions and writes into `tpl` where each resumes (from its table).
+    pub fn assign(&mut self, tpl: &mut TopicPartitionList) -> Result<(), ProcessorError> {
+        self.last_activity = Instant::now();
+        let window = Config::ms(self.cfg.outcome_window_ms);
+        for el in tpl.elements() {
+            let (topic, p) = (el.topic().to_owned(), el.partition());
+            if !self.sinks.contains_key(&topic) {
+                let uri = self.cfg.table_for_topic(&topic);
+                let sink = self.rt.block_on(TableSink::open(
+                    &uri,
+                    &self.cfg.group,
+                    self.cfg.checkpoint_interval,
+                ))?;
+                info!(topic, table = uri, "Table ready.");
+                self.sinks.insert(topic.clone(), sink);
+            }
+            let sink = self
+                .sinks
+                .get_mut(&topic)
+                .ok_or_else(|| ProcessorError::Config {
+                    reason: format!("no table for {topic}"),
+                })?;
+            let (version, checkpoint) = self.rt.block_on(sink.resume(&topic, p))?;
+            let partition = Partition::new(&topic, p, version, checkpoint, window);
+            info!(
+                topic,
+                partition = p,
+                version = ?version,
+                resume_at = partition.resume_offset(),
+                "Partition assigned."
+            );
+            self.parts.insert(
+                (topic, p),
+                Assigned {
+                    partition,
+                    rows: Vec::new(),
+                    bytes: 0,
+                },
+            );
+        }
+        for ((topic, p), a) in &self.parts {
+            if tpl.find_partition(topic, *p).is_some() {
+                let offset = match a.partition.committed {
+                    Some(v) => Offset::Offset(v + 1),
+                    None => Offset::Beginning,
+                };
+                tpl.set_partition_offset(topic, *p, offset)
+                    .map_err(|e| ProcessorError::Kafka {
+                        what: format!("seek {topic}/{p}"),
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        self.metrics.partitions_assigned.set(self.parts.len() as i64);
+        Ok(())
+    }
+
+    /// Revokes `tpl`'s partitions: commits them within the deadline unless `lost`, then
+    /// forgets them.
+    pub fn revoke<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        tpl: &TopicPartitionList,
+        lost: bool,
+        consumer: &C,
+    ) {
+        self.last_activity = Instant::now();
+        let revoked: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .filter(|k| self.parts.contains_key(k))
+            .collect();
+        if !lost {
+            let deadline = Instant::now() + Config::ms(self.cfg.revoke_deadline_ms);
+            let topics: std::collections::BTreeSet<String> =
+                revoked.iter().map(|(t, _)| t.clone()).collect();
+            for topic in topics {
+                if let Err(e) = self.commit_topic(&topic, Some(deadline), consumer) {
+                    warn!(topic, error = %e, "Commit on revocation failed; the new owner re-consumes.");
+                }
+            }
+        }
+        for k in &revoked {
+            self.parts.remove(k);
+            info!(topic = k.0, partition = k.1, lost, "Partition revoked.");
+        }
+        self.metrics.partitions_assigned.set(self.parts.len() as i64);
+        self.update_gauges();
+    }
+
+    /// Handles one consumed message.
+    pub fn handle(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(), ProcessorError> {
+        self.last_activity = Instant::now();
+        self.totals.messages += 1;
+        let Some(a) = self.parts.get_mut(&(topic.to_owned(), partition)) else {
+            return Ok(()); // Fenced or revoked: not ours.
+        };
+        if a.partition.last_offset().is_some_and(|l| offset <= l) {
+            return Ok(()); // Already seen (a seek replays nothing twice).
+        }
+        let decoded: Result<RawRecord, String> = if payload.first() == Some(&0) {
+            self.rt
+                .block_on(self.decoder.decode(payload))
+                .map_err(|e| e.to_string())
+        } else {
+            self.decoder
+                .decode_single_object(payload)
+                .map_err(|e| e.to_string())
+        };
+        let format = decoded
+            .as_ref()
+            .map_or("unknown".to_owned(), |r| r.source.format.to_string());
+        self.metrics
+            .records_consumed
+            .get_or_create(&FormatLabel { format })
+            .inc();
+        let mut out = Outputs::default();
+        a.partition.push(
+            Incoming {
+                offset,
+                key,
+                payload,
+            },
+            decoded,
+            &mut self.servers,
+            &self.metrics,
+            &mut out,
+        );
+        Self::route(a, topic, out, &mut self.dlq, &self.metrics, &mut self.totals)
+    }
+
+    fn route(
+        a: &mut Assigned,
+        topic: &str,
+        out: Outputs,
+        dlq: &mut DeadLetters,
+        metrics: &Metrics,
+        totals: &mut Totals,
+    ) -> Result<(), ProcessorError> {
+        for d in &out.dead {
+            dlq.send(d, metrics)?;
+            totals.dead_letters += 1;
+        }
+        if out.rows.is_empty() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let failures = Partition::failures(&out.rows);
+        if failures > 0 {
+            metrics
+                .rows_failed
+                .get_or_create(&Metrics::table(topic))
+                .inc_by(failures);
+        }
+        for (row, offset) in out.rows {
+            a.bytes += row.raw.len() + row.statement.as_ref().map_or(0, String::len) + 256;
+            a.rows.push(LakeRow {
+                row,
+                ingest_ts: now,
+                kafka: KafkaCoords {
+                    topic: topic.to_owned(),
+                    partition: a.partition.partition,
+                    offset,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Time-driven work: releases idle partitions' held rows and commits tables that reached
+    /// a flush threshold (rows, bytes, interval).
+    pub fn tick<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
+        let window = Config::ms(self.cfg.outcome_window_ms);
+        for ((topic, _), a) in self.parts.iter_mut() {
+            let mut out = Outputs::default();
+            a.partition.release_idle(window, &self.metrics, &mut out);
+            Self::route(a, topic, out, &mut self.dlq, &self.metrics, &mut self.totals)?;
+        }
+        self.update_gauges();
+        let interval_due = self.last_commit.elapsed() >= Config::ms(self.cfg.flush_interval_ms);
+        let mut due: Vec<String> = Vec::new();
+        let mut per_topic: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for ((topic, _), a) in &self.parts {
+            let e = per_topic.entry(topic.as_str()).or_default();
+            e.0 += a.rows.len();
+            e.1 += a.bytes;
+        }
+        for (topic, (rows, bytes)) in per_topic {
+            if interval_due || rows >= self.cfg.flush_rows || bytes >= self.cfg.flush_bytes {
+                due.push(topic.to_owned());
+            }
+        }
+        for topic in due {
+            self.commit_topic(&topic, None, consumer)?;
+        }
+        if interval_due {
+            self.last_commit = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Releases everything held (end of input) and commits every table.
+    pub fn finish_all<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
+        for ((topic, _), a) in self.parts.iter_mut() {
+            let mut out = Outputs::default();
+            a.partition.finish(&self.metrics, &mut out);
+            Self::route(a, topic, out, &mut self.dlq, &self.metrics, &mut self.totals)?;
+        }
+        self.commit_all(None, consumer)
+    }
+
+    /// Commits every table (what is held stays uncommitted and is re-consumed later).
+    pub fn commit_all<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        deadline: Option<Instant>,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
+        let topics: std::collections::BTreeSet<String> =
+            self.parts.keys().map(|(t, _)| t.clone()).collect();
+        for topic in topics {
+            self.commit_topic(&topic, deadline, consumer)?;
+        }
+        Ok(())
+    }
+
+    fn update_gauges(&self) {
+        let (held, buffered) = self.parts.values().fold((0, 0), |(h, b), a| {
+            (h + a.partition.held(), b + a.rows.len())
+        });
+        self.metrics.rows_held.set(held as i64);
+        self.metrics.rows_buffered.set(buffered as i64);
+    }
+
+    /// Commits `topic`'s partitions (rows and checkpoints) as one Delta version, then the
+    /// same offsets to Kafka. With a `deadline`, gives up (nothing written) when it passes.
+    pub fn commit_topic<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        topic: &str,
+        deadline: Option<Instant>,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
+        let mut commits = Vec::new();
+        for ((t, _), a) in self.parts.iter_mut() {
+            if t != topic {
+                continue;
+            }
+            let Some(checkpoint) = a.partition.checkpoint() else {
+                continue;
+            };
+            if a.rows.is_empty() && Some(checkpoint.version) == a.partition.committed {
+                continue;
+            }
+            a.bytes = 0;
+            commits.push(PartitionCommit {
+                checkpoint,
+                expected: a.partition.committed,
+                rows: std::mem::take(&mut a.rows),
+            });
+        }
+        if commits.is_empty() {
+            return Ok(());
+        }
+        self.dlq.flush(Duration::from_secs(60))?;
+        let Some(sink) = self.sinks.get_mut(topic) else {
+            return Ok(());
+        };
+        loop {
+            let attempt = sink.commit(&commits, self.cfg.commit_attempts, &self.metrics);
+            let result = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    match self.rt.block_on(tokio::time::timeout(left, attempt)) {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            warn!(
+                                topic,
+                                "Revocation deadline passed: nothing committed; revoked partitions are dropped unwritten."
+                            );
+                            for c in commits {
+                                let key = (topic.to_owned(), c.checkpoint.partition);
+                                if let Some(a) = self.parts.get_mut(&key) {
+                                    a.rows.extend(c.rows);
+                                }
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+                None => self.rt.block_on(attempt)?,
+            };
+            match result {
+                CommitResult::Committed(_) => break,
+                CommitResult::Fenced(lost) => {
+                    for p in &lost {
+                        self.parts.remove(&(topic.to_owned(), *p));
+                        self.metrics.partitions_fenced.inc();
+                    }
+                    commits.retain(|c| !lost.contains(&c.checkpoint.partition));
+                    let mut tpl = TopicPartitionList::new();
+                    for p in lost {
+                        tpl.add_partition(topic, p);
+                    }
+                    let _ = consumer.pause(&tpl);
+                    if commits.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.totals.commits += 1;
+        self.metrics.last_commit_age_seconds.set(0.0);
+        let mut tpl = TopicPartitionList::new();
+        for c in &commits {
+            self.totals.rows += c.rows.len() as u64;
+            let cp = &c.checkpoint;
+            if let Some(a) = self.parts.get_mut(&(topic.to_owned(), cp.partition)) {
+                a.partition.committed = Some(cp.version);
+            }
+            let _ = tpl.add_partition_offset(topic, cp.partition, Offset::Offset(cp.version + 1));
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            warn!(topic, error = %e, "Advisory Kafka offset commit failed (lag metrics only).");
+        }
+        self.update_gauges();
+        Ok(())
+    }
+}
