@@ -27,6 +27,9 @@ use deltalake::{DeltaTable, DeltaTableError};
 use crate::audit::AuditRow;
 use crate::error::ProcessorError;
 
+/// The Arrow version the tables are written with (for readers such as tests).
+pub use deltalake::arrow;
+
 /// Key of the processor's checkpoint in a commit's info.
 pub const METADATA_KEY: &str = "pgtrail";
 

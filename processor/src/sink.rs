@@ -165,6 +165,7 @@ impl TableSink {
                 .await
             {
                 Ok(version) => {
+                    failpoint_after_commit();
                     self.commits += 1;
                     metrics.commits.get_or_create(&label).inc();
                     metrics
@@ -201,6 +202,25 @@ impl TableSink {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Fault injection for crash tests: `PGTRAIL_FAILPOINT=abort_after_commit:N` aborts the
+/// process right after its N-th Delta commit landed, before anything else learns of it (the
+/// advisory Kafka commit, the in-memory versions). Never set in production.
+fn failpoint_after_commit() {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Ok(spec) = std::env::var("PGTRAIL_FAILPOINT") else {
+        return;
+    };
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if spec
+        .strip_prefix("abort_after_commit:")
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(n)
+    {
+        warn!(commit = n, "Failpoint abort_after_commit: aborting.");
+        std::process::abort();
     }
 }
 

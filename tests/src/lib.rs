@@ -7,6 +7,7 @@
 
 pub mod broker;
 pub mod consume;
+pub mod lake;
 pub mod pglogs;
 pub mod process;
 

@@ -33,32 +33,51 @@ pub fn binary(name: &str) -> PathBuf {
     profile_dir.join(name)
 }
 
-/// A running shipper.
+/// A running pgtrail binary (shipper or processor).
 pub struct Shipper {
     child: Child,
     /// Its log file.
     pub log: PathBuf,
 }
 
+/// A running processor (same handle as the shipper's).
+pub type Processor = Shipper;
+
 impl Shipper {
     /// Starts `pgtrail-shipper` with `args`; its stderr goes to `log`.
     pub fn spawn(args: &[String], log: &Path) -> Shipper {
+        Self::spawn_bin("pgtrail-shipper", args, &[], log)
+    }
+
+    /// Starts `pgtrail-processor` with `args` and extra environment `env`.
+    pub fn processor(args: &[String], env: &[(&str, &str)], log: &Path) -> Processor {
+        Self::spawn_bin("pgtrail-processor", args, env, log)
+    }
+
+    fn spawn_bin(bin: &str, args: &[String], env: &[(&str, &str)], log: &Path) -> Shipper {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
-            .expect("shipper log");
-        let child = Command::new(binary("pgtrail-shipper"))
-            .args(args)
-            .env("PGTRAIL_LOG", "info")
+            .expect("log file");
+        let mut cmd = Command::new(binary(bin));
+        cmd.args(args)
+            .env("PGTRAIL_LOG", "info,buoyant_kernel=warn,deltalake_core=warn")
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn shipper");
+            .stderr(file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn");
         Shipper {
             child,
             log: log.to_path_buf(),
         }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for exit, at most `timeout`; panics with the log on timeout.
@@ -71,7 +90,7 @@ impl Shipper {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!(
-                    "shipper did not exit within {timeout:?}; log:\n{}",
+                    "process did not exit within {timeout:?}; log:\n{}",
                     self.log_text()
                 );
             }

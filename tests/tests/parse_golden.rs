@@ -274,39 +274,7 @@ fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<Audit
 fn workload_failures_get_failure_and_their_sqlstate_in_every_format() {
     let logs = PgLogs::generate(20);
     let server = ServerFormat::new(&logs.log_line_prefix(), None).unwrap();
-    let expect_failed = [
-        (
-            "primary",
-            "INSERT INTO account VALUES (1, 'duplicate', 0)",
-            "23505",
-            true,
-        ),
-        // Constant folding fails at planning time, before pgaudit sees the statement.
-        ("primary", "SELECT 1/0", "22012", false),
-        ("primary", "SELECT * FROM no_such_table", "42P01", false),
-        ("primary", "SELEC broken syntax", "42601", false),
-        (
-            "primary",
-            "UPDATE account SET balance = balance / 0 WHERE id = 2",
-            "22012",
-            true,
-        ),
-        ("primary", "SELECT 1", "25P02", false),
-        ("primary", "SELECT * FROM secret_notes", "42501", false),
-        ("primary", "DELETE FROM account", "42501", false),
-        (
-            "replica",
-            "INSERT INTO account VALUES (99, 'replica write', 0)",
-            "25006",
-            false,
-        ),
-        (
-            "replica",
-            "SELECT * FROM missing_on_replica",
-            "42P01",
-            false,
-        ),
-    ];
+    let expect_failed = pgtrail_tests::lake::WORKLOAD_FAILURES;
     let mut by_format: BTreeMap<LogFormat, Vec<String>> = BTreeMap::new();
     for name in ["primary", "replica"] {
         for format in LogFormat::ALL {
