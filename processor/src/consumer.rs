@@ -70,7 +70,10 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let mut w = self.worker();
         let kind = |k: &str| ReasonLabel { reason: k.into() };
         match err {
@@ -173,14 +176,23 @@ pub fn run(
     cancel: CancellationToken,
     rt: Handle,
 ) -> Result<Totals, ProcessorError> {
-    let registry = cfg.registry_url.as_deref().map(Registry::new).transpose().map_err(|e| {
-        ProcessorError::Config {
+    let registry = cfg
+        .registry_url
+        .as_deref()
+        .map(Registry::new)
+        .transpose()
+        .map_err(|e| ProcessorError::Config {
             reason: format!("registry_url: {e}"),
-        }
-    })?;
+        })?;
     rt.block_on(ensure_topic(&cfg, &cfg.dead_letter_topic))?;
     let dlq = DeadLetters::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.kafka)?;
-    let worker = Worker::new(cfg.clone(), rt, metrics.clone(), Decoder::new(registry), dlq);
+    let worker = Worker::new(
+        cfg.clone(),
+        rt,
+        metrics.clone(),
+        Decoder::new(registry),
+        dlq,
+    );
     let ctx = Ctx {
         worker: Mutex::new(worker),
         metrics: metrics.clone(),
@@ -192,7 +204,11 @@ pub fn run(
     consumer
         .subscribe(&topics)
         .map_err(|e| kafka("subscribe", e))?;
-    info!(group = cfg.group, topics = cfg.topics.join(","), "Subscribed.");
+    info!(
+        group = cfg.group,
+        topics = cfg.topics.join(","),
+        "Subscribed."
+    );
     let idle_exit = cfg.exit_when_idle_ms.map(Config::ms);
     let started = Instant::now();
     let mut last_tick = Instant::now();
@@ -200,7 +216,10 @@ pub fn run(
         if cancel.is_cancelled() {
             info!("Draining: committing what is in hand.");
             let deadline = Instant::now() + Config::ms(cfg.drain_deadline_ms);
-            let r = consumer.context().worker().commit_all(Some(deadline), &consumer);
+            let r = consumer
+                .context()
+                .worker()
+                .commit_all(Some(deadline), &consumer);
             break r;
         }
         match consumer.poll(Duration::from_millis(100)) {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use deltalake::TableProperty;
 use deltalake::arrow::array::{
     ArrayRef, Date32Array, Int32Array, Int64Array, MapBuilder, MapFieldNames, StringArray,
     StringBuilder, TimestampMicrosecondArray,
@@ -20,7 +21,6 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
-use deltalake::TableProperty;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 

@@ -117,9 +117,7 @@ impl DeadLetters {
             match self.producer.send(record) {
                 Ok(()) => break,
                 Err((e, r)) => {
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                    {
+                    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
                         std::thread::sleep(Duration::from_millis(10));
                         record = r;
                     } else {

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_env("PGTRAIL_LOG").unwrap_or_else(|_| EnvFilter::new(processor::DEFAULT_LOG_FILTER));
+    let filter = EnvFilter::try_from_env("PGTRAIL_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(processor::DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -73,7 +74,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             cluster.create_topic(&cfg.dead_letter_topic, 1, 1)?;
             cfg.brokers = cluster.bootstrap_servers();
             std::fs::write(file, &cfg.brokers)?;
-            tracing::info!(brokers = cfg.brokers, "Embedded Kafka (in-process, not durable).");
+            tracing::info!(
+                brokers = cfg.brokers,
+                "Embedded Kafka (in-process, not durable)."
+            );
             Some(cluster)
         }
         None => None,

@@ -236,7 +236,11 @@ impl Partition {
             }
         };
         let file = &rec.source.file_id;
-        if self.dedup_now.get(file).is_some_and(|&seen| seen >= rec.offset) {
+        if self
+            .dedup_now
+            .get(file)
+            .is_some_and(|&seen| seen >= rec.offset)
+        {
             metrics.skipped("duplicate");
             return;
         }
@@ -381,7 +385,11 @@ impl Partition {
     /// The checkpoint of a commit at [`Partition::safe_offset`]; advances the dedup memory.
     pub fn checkpoint(&mut self) -> Option<PartitionCheckpoint> {
         let version = self.safe_offset()?;
-        while self.dedup_log.front().is_some_and(|(o, _, _)| *o <= version) {
+        while self
+            .dedup_log
+            .front()
+            .is_some_and(|(o, _, _)| *o <= version)
+        {
             if let Some((_, file, at)) = self.dedup_log.pop_front() {
                 self.dedup_base.insert(file, at);
             }
@@ -425,6 +433,8 @@ impl Partition {
 
     /// Rows of the result FAILURE among `rows` (for metrics).
     pub fn failures(rows: &[(AuditRow, i64)]) -> u64 {
-        rows.iter().filter(|(r, _)| r.result == Outcome::Failure).count() as u64
+        rows.iter()
+            .filter(|(r, _)| r.result == Outcome::Failure)
+            .count() as u64
     }
 }

@@ -40,10 +40,12 @@ impl std::fmt::Display for TableStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "table {}", self.table)?;
         let version = self.version.map_or("-".to_owned(), |v| v.to_string());
-        let last = self
-            .last_commit
-            .map_or("-".to_owned(), |t| t.to_rfc3339());
-        writeln!(f, "  version {version}, rows {}, last commit {last}", self.rows)?;
+        let last = self.last_commit.map_or("-".to_owned(), |t| t.to_rfc3339());
+        writeln!(
+            f,
+            "  version {version}, rows {}, last commit {last}",
+            self.rows
+        )?;
         for (tp, offset) in &self.offsets {
             writeln!(f, "  offset {tp} = {offset}")?;
         }
@@ -105,15 +107,16 @@ fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Vec<Option<&'a str>>
 pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
     batches
         .iter()
-        .flat_map(|b| string_column(b, name).into_iter().map(|s| s.map(str::to_owned)))
+        .flat_map(|b| {
+            string_column(b, name)
+                .into_iter()
+                .map(|s| s.map(str::to_owned))
+        })
         .collect()
 }
 
 /// The status of the table at `uri` (`Ok(None)`: no table there).
-pub async fn table_status(
-    uri: &str,
-    summary: bool,
-) -> Result<Option<TableStatus>, ProcessorError> {
+pub async fn table_status(uri: &str, summary: bool) -> Result<Option<TableStatus>, ProcessorError> {
     let Some(table) = AuditTable::open_existing(uri).await? else {
         return Ok(None);
     };

@@ -117,17 +117,41 @@ impl Metrics {
     /// Registers every metric under `pgtrail_processor_`.
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("pgtrail_processor");
-        r.register("records_consumed", "Messages consumed", self.records_consumed.clone());
-        r.register("records_skipped", "Records that became no row", self.records_skipped.clone());
+        r.register(
+            "records_consumed",
+            "Messages consumed",
+            self.records_consumed.clone(),
+        );
+        r.register(
+            "records_skipped",
+            "Records that became no row",
+            self.records_skipped.clone(),
+        );
         r.register(
             "records_dead_lettered",
             "Records sent to the dead-letter topic",
             self.records_dead_lettered.clone(),
         );
-        r.register("rows_written", "Rows committed to Delta", self.rows_written.clone());
-        r.register("rows_failed", "FAILURE rows committed", self.rows_failed.clone());
-        r.register("rows_held", "Audit events waiting for their outcome", self.rows_held.clone());
-        r.register("rows_buffered", "Rows not yet committed", self.rows_buffered.clone());
+        r.register(
+            "rows_written",
+            "Rows committed to Delta",
+            self.rows_written.clone(),
+        );
+        r.register(
+            "rows_failed",
+            "FAILURE rows committed",
+            self.rows_failed.clone(),
+        );
+        r.register(
+            "rows_held",
+            "Audit events waiting for their outcome",
+            self.rows_held.clone(),
+        );
+        r.register(
+            "rows_buffered",
+            "Rows not yet committed",
+            self.rows_buffered.clone(),
+        );
         r.register("commits", "Delta commits", self.commits.clone());
         r.register(
             "commit_conflicts",
@@ -139,7 +163,11 @@ impl Metrics {
             "Seconds per Delta commit",
             self.commit_duration_seconds.clone(),
         );
-        r.register("delta_version", "Delta table version", self.delta_version.clone());
+        r.register(
+            "delta_version",
+            "Delta table version",
+            self.delta_version.clone(),
+        );
         r.register(
             "consumer_lag_messages",
             "Messages after the last committed offset",

@@ -175,7 +175,9 @@ impl Worker {
                     })?;
             }
         }
-        self.metrics.partitions_assigned.set(self.parts.len() as i64);
+        self.metrics
+            .partitions_assigned
+            .set(self.parts.len() as i64);
         Ok(())
     }
 
@@ -208,7 +210,9 @@ impl Worker {
             self.parts.remove(k);
             info!(topic = k.0, partition = k.1, lost, "Partition revoked.");
         }
-        self.metrics.partitions_assigned.set(self.parts.len() as i64);
+        self.metrics
+            .partitions_assigned
+            .set(self.parts.len() as i64);
         self.update_gauges();
     }
 
@@ -257,7 +261,14 @@ impl Worker {
             &self.metrics,
             &mut out,
         );
-        Self::route(a, topic, out, &mut self.dlq, &self.metrics, &mut self.totals)
+        Self::route(
+            a,
+            topic,
+            out,
+            &mut self.dlq,
+            &self.metrics,
+            &mut self.totals,
+        )
     }
 
     fn route(
@@ -308,7 +319,14 @@ impl Worker {
         for ((topic, _), a) in self.parts.iter_mut() {
             let mut out = Outputs::default();
             a.partition.release_idle(window, &self.metrics, &mut out);
-            Self::route(a, topic, out, &mut self.dlq, &self.metrics, &mut self.totals)?;
+            Self::route(
+                a,
+                topic,
+                out,
+                &mut self.dlq,
+                &self.metrics,
+                &mut self.totals,
+            )?;
         }
         self.update_gauges();
         let interval_due = self.last_commit.elapsed() >= Config::ms(self.cfg.flush_interval_ms);
@@ -341,7 +359,14 @@ impl Worker {
         for ((topic, _), a) in self.parts.iter_mut() {
             let mut out = Outputs::default();
             a.partition.finish(&self.metrics, &mut out);
-            Self::route(a, topic, out, &mut self.dlq, &self.metrics, &mut self.totals)?;
+            Self::route(
+                a,
+                topic,
+                out,
+                &mut self.dlq,
+                &self.metrics,
+                &mut self.totals,
+            )?;
         }
         self.commit_all(None, consumer)
     }

@@ -96,6 +96,33 @@ impl Broker {
         self.proxy_addr.to_string()
     }
 
+    /// Creates `topic` with `partitions` partitions (already existing is fine).
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            rdkafka::config::ClientConfig::new()
+                .set("bootstrap.servers", self.bootstrap())
+                .create()
+                .expect("admin client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let results = rt
+            .block_on(admin.create_topics([&new], &AdminOptions::new()))
+            .expect("create topic");
+        for r in results {
+            if let Err((name, code)) = r {
+                assert_eq!(
+                    code,
+                    rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                    "creating {name}"
+                );
+            }
+        }
+    }
+
     /// Makes Kafka unreachable: open connections are cut and new ones are closed at once.
     pub fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);

@@ -89,3 +89,50 @@ pub fn consume_all(brokers: &str, topic: &str, expected: usize, idle: Duration) 
     }
     out
 }
+
+/// A raw message with its headers.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    /// Value bytes.
+    pub payload: Vec<u8>,
+    /// Headers (UTF-8 lossy).
+    pub headers: HashMap<String, String>,
+}
+
+/// Every message of `topic` without decoding; stops at `expected` or after `idle`.
+pub fn consume_raw(brokers: &str, topic: &str, expected: usize, idle: Duration) -> Vec<RawMessage> {
+    use rdkafka::message::Headers;
+    let parts = partitions(brokers, topic);
+    let consumer = consumer(brokers);
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut last_new = Instant::now();
+    while last_new.elapsed() < idle && out.len() < expected {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(RawMessage {
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+            last_new = Instant::now();
+        }
+    }
+    out
+}

@@ -147,38 +147,38 @@ pub fn expected_rows(dir: &Path) -> Expected {
 /// Statements the generator's workload makes fail: (server, statement, SQLSTATE, whether
 /// pgaudit logged it).
 pub const WORKLOAD_FAILURES: [(&str, &str, &str, bool); 10] = [
-        (
-            "primary",
-            "INSERT INTO account VALUES (1, 'duplicate', 0)",
-            "23505",
-            true,
-        ),
-        // Constant folding fails at planning time, before pgaudit sees the statement.
-        ("primary", "SELECT 1/0", "22012", false),
-        ("primary", "SELECT * FROM no_such_table", "42P01", false),
-        ("primary", "SELEC broken syntax", "42601", false),
-        (
-            "primary",
-            "UPDATE account SET balance = balance / 0 WHERE id = 2",
-            "22012",
-            true,
-        ),
-        ("primary", "SELECT 1", "25P02", false),
-        ("primary", "SELECT * FROM secret_notes", "42501", false),
-        ("primary", "DELETE FROM account", "42501", false),
-        (
-            "replica",
-            "INSERT INTO account VALUES (99, 'replica write', 0)",
-            "25006",
-            false,
-        ),
-        (
-            "replica",
-            "SELECT * FROM missing_on_replica",
-            "42P01",
-            false,
-        ),
-    ];
+    (
+        "primary",
+        "INSERT INTO account VALUES (1, 'duplicate', 0)",
+        "23505",
+        true,
+    ),
+    // Constant folding fails at planning time, before pgaudit sees the statement.
+    ("primary", "SELECT 1/0", "22012", false),
+    ("primary", "SELECT * FROM no_such_table", "42P01", false),
+    ("primary", "SELEC broken syntax", "42601", false),
+    (
+        "primary",
+        "UPDATE account SET balance = balance / 0 WHERE id = 2",
+        "22012",
+        true,
+    ),
+    ("primary", "SELECT 1", "25P02", false),
+    ("primary", "SELECT * FROM secret_notes", "42501", false),
+    ("primary", "DELETE FROM account", "42501", false),
+    (
+        "replica",
+        "INSERT INTO account VALUES (99, 'replica write', 0)",
+        "25006",
+        false,
+    ),
+    (
+        "replica",
+        "SELECT * FROM missing_on_replica",
+        "42P01",
+        false,
+    ),
+];
 
 /// Arguments of `pgtrail-processor run` for a test.
 pub fn processor_args(brokers: &str, lake: &Path, group: &str, topics: &[&str]) -> Vec<String> {

@@ -62,7 +62,10 @@ impl Shipper {
             .expect("log file");
         let mut cmd = Command::new(binary(bin));
         cmd.args(args)
-            .env("PGTRAIL_LOG", "info,buoyant_kernel=warn,deltalake_core=warn")
+            .env(
+                "PGTRAIL_LOG",
+                "info,buoyant_kernel=warn,deltalake_core=warn",
+            )
             .stdout(Stdio::null())
             .stderr(file);
         for (k, v) in env {

@@ -10,9 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use pgtrail_tests::broker::Broker;
-use pgtrail_tests::lake::{
-    WORKLOAD_FAILURES, expected_rows, processor_args, read_rows, table_uri,
-};
+use pgtrail_tests::lake::{WORKLOAD_FAILURES, expected_rows, processor_args, read_rows, table_uri};
 use pgtrail_tests::pglogs::PgLogs;
 use pgtrail_tests::process::{Processor, binary, run_shipper_once, shipper_args};
 use pgtrail_tests::tempdir;
@@ -27,7 +25,10 @@ fn process(args: &[String], config: &std::path::Path, log: &std::path::Path) -> 
     ]);
     let status = Processor::processor(&a, &[], log).wait(Duration::from_secs(300));
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(status.success(), "processor exited with {status}; log:\n{text}");
+    assert!(
+        status.success(),
+        "processor exited with {status}; log:\n{text}"
+    );
     text
 }
 
@@ -47,7 +48,11 @@ fn shipped_logs_become_exactly_the_expected_rows() {
         );
         let mut a = args;
         a.push("--once".into());
-        run_shipper_once(&a, &work.path().join(format!("{state}.log")), Duration::from_secs(120));
+        run_shipper_once(
+            &a,
+            &work.path().join(format!("{state}.log")),
+            Duration::from_secs(120),
+        );
     };
     ship("primary", "*.csv", "state-primary");
     ship("replica", "*.log", "state-replica");
@@ -88,7 +93,11 @@ fn shipped_logs_become_exactly_the_expected_rows() {
             assert_eq!(row.error_code.as_deref(), Some(*state), "{server}: {stmt}");
             assert_eq!(row.unaudited, !audited, "{server}: {stmt} audited?");
         }
-        let src = if server == "primary" { "csvlog" } else { "stderr" };
+        let src = if server == "primary" {
+            "csvlog"
+        } else {
+            "stderr"
+        };
         assert!(rows.iter().all(|r| r.src == src), "{server}: src column");
         rows.len()
     };
@@ -113,7 +122,10 @@ fn shipped_logs_become_exactly_the_expected_rows() {
     // and recognised by its source coordinates.
     ship("primary", "*.csv", "state-primary-lost");
     let log = process(&args, &config, &work.path().join("processor-3.log"));
-    assert!(log.contains("Committed Delta version."), "the re-shipped offsets are committed");
+    assert!(
+        log.contains("Committed Delta version."),
+        "the re-shipped offsets are committed"
+    );
     assert_eq!(
         (
             read_rows(&table_uri(&lake, "primary")).len(),

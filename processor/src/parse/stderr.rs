@@ -95,10 +95,7 @@ impl<T> StderrAssembler<T> {
 
     /// Emits the open records logged before `cutoff`. PostgreSQL writes a record's lines in
     /// one piece, so once later lines arrived an older open record is complete.
-    pub fn finish_before(
-        &mut self,
-        cutoff: chrono::DateTime<chrono::Utc>,
-    ) -> Vec<(LogRecord, T)> {
+    pub fn finish_before(&mut self, cutoff: chrono::DateTime<chrono::Utc>) -> Vec<(LogRecord, T)> {
         let keys: Vec<Option<i64>> = self
             .open
             .iter()
