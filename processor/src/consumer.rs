@@ -115,6 +115,11 @@ impl ConsumerContext for Ctx {
     }
 }
 
+/// How long `exit_when_idle` waits beyond its duration while no partition is assigned.
+/// (A killed instance stays a group member until the coordinator gives up on it; Tansu takes
+/// up to the rebalance timeout, `max.poll.interval.ms`.)
+const NO_ASSIGNMENT_GRACE: Duration = Duration::from_secs(60);
+
 fn kafka(what: &str, e: impl std::fmt::Display) -> ProcessorError {
     ProcessorError::Kafka {
         what: what.to_owned(),
@@ -127,6 +132,7 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "30000")
         .set("topic.metadata.refresh.interval.ms", "10000")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
@@ -232,6 +238,12 @@ pub fn run(
                     m.key(),
                     m.payload().unwrap_or(&[]),
                 )?;
+                for (topic, p, offset) in std::mem::take(&mut w.seeks) {
+                    let to = rdkafka::Offset::Offset(offset);
+                    if let Err(e) = consumer.seek(&topic, p, to, Duration::from_secs(10)) {
+                        return Err(kafka(&format!("seek {topic}/{p}"), e));
+                    }
+                }
             }
             Some(Err(e)) => warn!(error = %e, "Consumer error."),
             None => {}
@@ -248,9 +260,16 @@ pub fn run(
             return Err(e);
         }
         w.tick(&consumer)?;
+        // Without any partition (a rebalance may still wait for a dead member's session to
+        // expire) idleness counts only after a grace period.
+        let grace = if w.assigned() == 0 {
+            NO_ASSIGNMENT_GRACE
+        } else {
+            Duration::ZERO
+        };
         if let Some(idle) = idle_exit
-            && w.last_activity.elapsed() >= idle
-            && started.elapsed() >= idle
+            && w.last_activity.elapsed() >= idle + grace
+            && started.elapsed() >= idle + grace
         {
             info!(
                 idle_ms = idle.as_millis() as u64,

@@ -55,6 +55,18 @@ struct Assigned {
     partition: Partition,
     rows: Vec<LakeRow>,
     bytes: usize,
+    /// Resuming: the first offset wanted and how far back the next probe seeks. Some brokers
+    /// (Tansu 0.6) answer a fetch from inside a record batch with the *next* batch: when the
+    /// first message is past the resume offset, the partition is re-read from earlier (further
+    /// back each time) and everything before the resume offset is skipped.
+    probe: Option<Probe>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    target: i64,
+    step: i64,
+    reached_start: bool,
 }
 
 /// Totals of a run.
@@ -87,6 +99,8 @@ pub struct Worker {
     pub totals: Totals,
     /// A fatal error raised inside a rebalance callback, for the loop to return.
     pub failed: Option<ProcessorError>,
+    /// Seeks the loop must make (topic, partition, offset).
+    pub seeks: Vec<(String, i32, i64)>,
 }
 
 impl Worker {
@@ -114,6 +128,7 @@ impl Worker {
             last_activity: Instant::now(),
             totals: Totals::default(),
             failed: None,
+            seeks: Vec::new(),
         }
     }
 
@@ -153,12 +168,18 @@ impl Worker {
                 resume_at = partition.resume_offset(),
                 "Partition assigned."
             );
+            let probe = version.map(|v| Probe {
+                target: v + 1,
+                step: 1000,
+                reached_start: false,
+            });
             self.parts.insert(
                 (topic, p),
                 Assigned {
                     partition,
                     rows: Vec::new(),
                     bytes: 0,
+                    probe,
                 },
             );
         }
@@ -230,8 +251,39 @@ impl Worker {
         let Some(a) = self.parts.get_mut(&(topic.to_owned(), partition)) else {
             return Ok(()); // Fenced or revoked: not ours.
         };
+        if let Some(pr) = a.probe {
+            if offset <= pr.target || pr.reached_start {
+                if offset > pr.target {
+                    warn!(
+                        topic,
+                        partition,
+                        wanted = pr.target,
+                        first = offset,
+                        "Records before the first available offset are gone (retention?)."
+                    );
+                }
+                a.probe = None;
+            } else {
+                let to = (pr.target - pr.step).max(0);
+                info!(
+                    topic,
+                    partition,
+                    wanted = pr.target,
+                    got = offset,
+                    seek = to,
+                    "Broker skipped past the resume offset; re-reading from earlier."
+                );
+                a.probe = Some(Probe {
+                    target: pr.target,
+                    step: pr.step.saturating_mul(8),
+                    reached_start: to == 0,
+                });
+                self.seeks.push((topic.to_owned(), partition, to));
+                return Ok(());
+            }
+        }
         if a.partition.last_offset().is_some_and(|l| offset <= l) {
-            return Ok(()); // Already seen (a seek replays nothing twice).
+            return Ok(()); // Already handled (re-read while resuming).
         }
         let decoded: Result<RawRecord, String> = if payload.first() == Some(&0) {
             self.rt

@@ -29,6 +29,8 @@ pub struct Row {
     pub unaudited: bool,
     /// src.
     pub src: String,
+    /// kafka_partition, kafka_offset.
+    pub kafka: (i32, i64),
 }
 
 /// Every row of the table at `uri` (panics when there is none).
@@ -53,8 +55,19 @@ pub fn read_rows(uri: &str) -> Vec<Row> {
     );
     let raws = col("raw");
     let mut unaudited = Vec::new();
+    let mut kafka = Vec::new();
     for b in &batches {
         use processor::delta::arrow::array::{Array, AsArray};
+        use processor::delta::arrow::datatypes::{Int32Type, Int64Type};
+        let ps = b
+            .column_by_name("kafka_partition")
+            .expect("partition")
+            .as_primitive::<Int32Type>();
+        let os = b
+            .column_by_name("kafka_offset")
+            .expect("offset")
+            .as_primitive::<Int64Type>();
+        kafka.extend((0..ps.len()).map(|i| (ps.value(i), os.value(i))));
         let extra = b.column_by_name("extra").expect("extra").as_map();
         for i in 0..extra.len() {
             let entries = extra.value(i);
@@ -76,6 +89,7 @@ pub fn read_rows(uri: &str) -> Vec<Row> {
             statement: statements[i].clone(),
             unaudited: unaudited[i],
             src: srcs[i].clone().unwrap_or_default(),
+            kafka: kafka[i],
         })
         .collect()
 }
