@@ -368,18 +368,7 @@ impl Worker {
         consumer: &C,
     ) -> Result<(), ProcessorError> {
         let window = Config::ms(self.cfg.outcome_window_ms);
-        for ((topic, _), a) in self.parts.iter_mut() {
-            let mut out = Outputs::default();
-            a.partition.release_idle(window, &self.metrics, &mut out);
-            Self::route(
-                a,
-                topic,
-                out,
-                &mut self.dlq,
-                &self.metrics,
-                &mut self.totals,
-            )?;
-        }
+        self.release_each(|p, metrics, out| p.release_idle(window, metrics, out))?;
         self.update_gauges();
         let interval_due = self.last_commit.elapsed() >= Config::ms(self.cfg.flush_interval_ms);
         let mut due: Vec<String> = Vec::new();
@@ -408,9 +397,18 @@ impl Worker {
         &mut self,
         consumer: &C,
     ) -> Result<(), ProcessorError> {
+        self.release_each(Partition::finish)?;
+        self.commit_all(None, consumer)
+    }
+
+    /// Lets `release` free held records of every partition and routes what it released.
+    fn release_each(
+        &mut self,
+        release: impl Fn(&mut Partition, &Metrics, &mut Outputs),
+    ) -> Result<(), ProcessorError> {
         for ((topic, _), a) in self.parts.iter_mut() {
             let mut out = Outputs::default();
-            a.partition.finish(&self.metrics, &mut out);
+            release(&mut a.partition, &self.metrics, &mut out);
             Self::route(
                 a,
                 topic,
@@ -420,7 +418,7 @@ impl Worker {
                 &mut self.totals,
             )?;
         }
-        self.commit_all(None, consumer)
+        Ok(())
     }
 
     /// Commits every table (what is held stays uncommitted and is re-consumed later).

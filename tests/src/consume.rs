@@ -52,17 +52,22 @@ fn consumer(brokers: &str) -> BaseConsumer {
         .expect("consumer")
 }
 
-/// Every message of `topic`, decoded. Stops at `expected` distinct (file, offset) records or
-/// after `idle` without a new message.
-pub fn consume_all(brokers: &str, topic: &str, expected: usize, idle: Duration) -> Vec<Shipped> {
-    let parts = partitions(brokers, topic);
+/// A consumer assigned every partition of `topic` from its beginning (no group offsets).
+fn from_beginning(brokers: &str, topic: &str) -> BaseConsumer {
     let consumer = consumer(brokers);
     let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
+    for p in partitions(brokers, topic) {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
+/// Every message of `topic`, decoded. Stops at `expected` distinct (file, offset) records or
+/// after `idle` without a new message.
+pub fn consume_all(brokers: &str, topic: &str, expected: usize, idle: Duration) -> Vec<Shipped> {
+    let consumer = from_beginning(brokers, topic);
     let decoder = Decoder::new(None);
     let mut out = Vec::new();
     let mut distinct = HashMap::new();
@@ -102,14 +107,7 @@ pub struct RawMessage {
 /// Every message of `topic` without decoding; stops at `expected` or after `idle`.
 pub fn consume_raw(brokers: &str, topic: &str, expected: usize, idle: Duration) -> Vec<RawMessage> {
     use rdkafka::message::Headers;
-    let parts = partitions(brokers, topic);
-    let consumer = consumer(brokers);
-    let mut tpl = TopicPartitionList::new();
-    for p in &parts {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning)
-            .expect("tpl");
-    }
-    consumer.assign(&tpl).expect("assign");
+    let consumer = from_beginning(brokers, topic);
     let mut out = Vec::new();
     let mut last_new = Instant::now();
     while last_new.elapsed() < idle && out.len() < expected {
