@@ -5,60 +5,12 @@
 //! Input: `$PGTRAIL_BENCH_LOGS/{primary,replica}` (output of generate-pg-logs), else the
 //! committed sample. Records are split once before measuring.
 
-use std::path::PathBuf;
+#[path = "common/input.rs"]
+mod input;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pgtrail_avro::LogFormat;
-use processor::parse::{ServerFormat, parse_record, pgaudit::parse_audit};
-
-fn records(format: LogFormat) -> Vec<Vec<u8>> {
-    let root = std::env::var_os("PGTRAIL_BENCH_LOGS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sample")
-        });
-    let mut out = Vec::new();
-    for server in ["primary", "replica"] {
-        let Ok(dir) = std::fs::read_dir(root.join(server)) else {
-            continue;
-        };
-        let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for p in paths
-            .into_iter()
-            .filter(|p| LogFormat::from_path(p) == format)
-        {
-            let bytes = std::fs::read(&p).unwrap_or_default();
-            match format {
-                LogFormat::Csvlog => {
-                    let mut r = csv::ReaderBuilder::new()
-                        .has_headers(false)
-                        .flexible(true)
-                        .from_reader(&bytes[..]);
-                    let mut rec = csv::ByteRecord::new();
-                    let mut start = 0;
-                    while r.read_byte_record(&mut rec).unwrap_or(false) {
-                        let end = r.position().byte() as usize;
-                        out.push(bytes[start..end].to_vec());
-                        start = end;
-                    }
-                }
-                _ => {
-                    for line in bytes.split_inclusive(|b| *b == b'\n') {
-                        if format == LogFormat::Stderr && line.first() == Some(&b'\t') {
-                            if let Some(last) = out.last_mut() {
-                                last.extend_from_slice(line);
-                            }
-                        } else {
-                            out.push(line.to_vec());
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
-}
+use processor::parse::{parse_record, pgaudit::parse_audit};
 
 fn baseline(format: LogFormat, recs: &[Vec<u8>], joined: &[u8]) -> usize {
     match format {
@@ -87,16 +39,9 @@ fn baseline(format: LogFormat, recs: &[Vec<u8>], joined: &[u8]) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let prefix = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sample/log_line_prefix"),
-    )
-    .unwrap_or_else(|_| "%m [%p] ".into());
-    let server = match ServerFormat::new(prefix.trim_end_matches('\n'), None) {
-        Ok(s) => s,
-        Err(e) => panic!("prefix: {e}"),
-    };
+    let server = input::server_format();
     for format in LogFormat::ALL {
-        let recs = records(format);
+        let recs = input::records(format);
         if recs.is_empty() {
             continue;
         }

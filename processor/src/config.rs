@@ -74,7 +74,8 @@ pub struct RunArgs {
     /// Commit at least this often while records arrive (e.g. `10s`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub flush_interval: Option<Duration>,
-    /// Exit 0 once every assigned partition has been idle this long (batch mode).
+    /// Exit 0 once every assigned partition has been idle this long (batch mode); exit 4 if
+    /// no partition was assigned within this long + 60 s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub exit_when_idle: Option<Duration>,
     /// How long an audit event waits for its outcome, in log time (e.g. `60s`).
@@ -168,8 +169,8 @@ pub struct Config {
     pub commit_attempts: u32,
     /// `cooperative-sticky`, `range` or `roundrobin`. Default `cooperative-sticky`.
     pub assignment_strategy: String,
-    /// Exit 0 after every assigned partition was idle this many milliseconds. Default none
-    /// (run until SIGTERM).
+    /// Exit 0 after every assigned partition was idle this many milliseconds; exit 4 (Kafka)
+    /// when no partition was assigned within this + 60 s. Default none (run until SIGTERM).
     pub exit_when_idle_ms: Option<u64>,
     /// Milliseconds SIGTERM may take to flush and commit. Default 30000.
     pub drain_deadline_ms: u64,

@@ -148,7 +148,10 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
     c
 }
 
-async fn ensure_topic(cfg: &Config, topic: &str) -> Result<(), ProcessorError> {
+/// Makes sure `topic` exists: looks it up first (creating needs an ACL that a processor in
+/// production may not have, and librdkafka's mock cluster does not answer CreateTopics), and
+/// creates it (1 partition) only when it is missing.
+fn ensure_topic(cfg: &Config, topic: &str, rt: &Handle) -> Result<(), ProcessorError> {
     let mut c = ClientConfig::new();
     for (k, v) in &cfg.kafka {
         c.set(k, v);
@@ -156,12 +159,21 @@ async fn ensure_topic(cfg: &Config, topic: &str) -> Result<(), ProcessorError> {
     c.set("bootstrap.servers", &cfg.brokers);
     let admin: AdminClient<DefaultClientContext> =
         c.create().map_err(|e| kafka("admin client", e))?;
+    let exists = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| kafka(&format!("metadata of {topic}"), e))?
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        return Ok(());
+    }
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&new], &opts)
-        .await
-        .map_err(|e| kafka("create dead-letter topic", e))?;
+    let results = rt
+        .block_on(admin.create_topics([&new], &opts))
+        .map_err(|e| kafka(&format!("create topic {topic}"), e))?;
     for r in results {
         match r {
             Ok(name) => info!(topic = %name, "Created dead-letter topic."),
@@ -190,7 +202,7 @@ pub fn run(
         .map_err(|e| ProcessorError::Config {
             reason: format!("registry_url: {e}"),
         })?;
-    rt.block_on(ensure_topic(&cfg, &cfg.dead_letter_topic))?;
+    ensure_topic(&cfg, &cfg.dead_letter_topic, &rt)?;
     let dlq = DeadLetters::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.kafka)?;
     let worker = Worker::new(
         cfg.clone(),
@@ -217,6 +229,7 @@ pub fn run(
     );
     let idle_exit = cfg.exit_when_idle_ms.map(Config::ms);
     let started = Instant::now();
+    let mut ever_assigned = false;
     let mut last_tick = Instant::now();
     let outcome = loop {
         if cancel.is_cancelled() {
@@ -260,6 +273,7 @@ pub fn run(
             return Err(e);
         }
         w.tick(&consumer)?;
+        ever_assigned |= w.assigned() > 0;
         // Without any partition (a rebalance may still wait for a dead member's session to
         // expire) idleness counts only after a grace period.
         let grace = if w.assigned() == 0 {
@@ -271,6 +285,18 @@ pub fn run(
             && w.last_activity.elapsed() >= idle + grace
             && started.elapsed() >= idle + grace
         {
+            if !ever_assigned {
+                // A batch run that never got a partition processed nothing: say so.
+                return Err(kafka(
+                    "exit-when-idle",
+                    format!(
+                        "no partition of {} was assigned within {} s (group {})",
+                        cfg.topics.join(","),
+                        (idle + grace).as_secs(),
+                        cfg.group
+                    ),
+                ));
+            }
             info!(
                 idle_ms = idle.as_millis() as u64,
                 partitions = w.assigned(),

@@ -24,5 +24,7 @@ pub mod worker;
 pub use config::{Cli, Config};
 pub use error::{ErrorClass, ProcessorError};
 
-/// Log filter without `PGTRAIL_LOG`: deltalake's kernel logs every snapshot at INFO.
-pub const DEFAULT_LOG_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn";
+/// Log filter without `PGTRAIL_LOG`: deltalake's kernel logs every snapshot at INFO, and at
+/// ERROR that a table about to be created has no log yet; its real failures reach us as
+/// errors and are logged with their table.
+pub const DEFAULT_LOG_FILTER: &str = "info,buoyant_kernel=off,deltalake_core=warn";

@@ -3,7 +3,8 @@
 //! errors to exit codes; `status` prints what the tables hold.
 //!
 //! Exit codes: 0 success, 1 other error, 2 configuration, 4 Kafka, 5 Delta.
-//! Environment: `PGTRAIL_LOG` sets the log filter (default `info`). Must not: hold logic.
+//! Environment: `PGTRAIL_LOG` sets the log filter (default [`processor::DEFAULT_LOG_FILTER`]).
+//! Must not: hold logic.
 
 use std::process::ExitCode;
 

@@ -50,6 +50,12 @@ impl std::fmt::Display for TableStatus {
             writeln!(f, "  offset {tp} = {offset}")?;
         }
         if let Some(classes) = &self.classes {
+            let failures: u64 = classes
+                .iter()
+                .filter(|(c, _)| c.ends_with("/FAILURE"))
+                .map(|(_, n)| n)
+                .sum();
+            writeln!(f, "  rows per audit class/result ({failures} failures):")?;
             for (c, n) in classes {
                 writeln!(f, "  {c:<24} {n:>10}")?;
             }

@@ -270,6 +270,29 @@ impl KafkaSink {
             .map(|(code, msg)| format!("{code:?}: {msg}"))
     }
 
+    /// Whether the topic exists with partitions (a metadata lookup, which needs no
+    /// CreateTopics permission; librdkafka's mock cluster does not answer CreateTopics).
+    async fn topic_exists(&self, cfg: &ClientConfig) -> bool {
+        let cfg = cfg.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            let client: rdkafka::consumer::BaseConsumer = cfg.create().ok()?;
+            let md = client
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .ok()?;
+            Some(
+                md.topics().iter().any(|t| {
+                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                }),
+            )
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    }
+
     /// Creates the topic unless it exists. Waits (retrying) while Kafka is unreachable.
     pub async fn ensure_topic(
         &self,
@@ -290,6 +313,9 @@ impl KafkaSink {
             }
         }
         cfg.set("bootstrap.servers", brokers);
+        if self.topic_exists(&cfg).await {
+            return Ok(());
+        }
         let admin: AdminClient<_> = cfg.create().map_err(|e| setup(e.to_string()))?;
         let mut delay = Duration::from_millis(200);
         loop {

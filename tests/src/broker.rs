@@ -7,7 +7,7 @@
 //! high watermark (it is the base offset of the last batch in Tansu 0.6).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +40,7 @@ pub struct Broker {
     proxy_addr: SocketAddr,
     up: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    log: std::path::PathBuf,
 }
 
 impl Broker {
@@ -60,7 +61,15 @@ impl Broker {
                 "--storage-engine",
                 "memory://tansu/",
             ])
-            .stdout(Stdio::null())
+            // Group coordination is what tests most often need to look into afterwards.
+            .env(
+                "RUST_LOG",
+                std::env::var("PGTRAIL_TANSU_LOG")
+                    .unwrap_or_else(|_| "warn,tansu_broker::coordinator=info".into()),
+            )
+            .env("NO_COLOR", "1")
+            // Tansu's tracing output goes to stdout.
+            .stdout(log_file.try_clone().expect("tansu log file"))
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| {
@@ -88,7 +97,13 @@ impl Broker {
             proxy_addr,
             up,
             generation,
+            log,
         }
+    }
+
+    /// Tansu's log file (`PGTRAIL_TANSU_LOG` sets its filter; default: group coordination).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
     }
 
     /// Bootstrap servers for clients (the proxy).

@@ -194,6 +194,54 @@ pub const WORKLOAD_FAILURES: [(&str, &str, &str, bool); 10] = [
     ),
 ];
 
+/// Asserts that the table at `uri` holds exactly the rows of the undisturbed run at
+/// `reference` (same event ids, results and SQLSTATEs; no duplicate) and as many audited rows
+/// and unaudited failures as the independent count. Prints what is missing per partition.
+pub fn assert_exact(uri: &str, reference: &str, expected: &Expected) {
+    let rows = read_rows(uri);
+    let reference = read_rows(reference);
+    let ids: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let unaudited = rows.iter().filter(|r| r.unaudited).count();
+    println!(
+        "rows {} (unaudited {unaudited}), distinct {}, reference {}, expected {expected:?}",
+        rows.len(),
+        ids.len(),
+        reference.len()
+    );
+    let mut missing: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &reference {
+        if !ids.contains(r.event_id.as_str()) {
+            missing.entry(r.kafka.0).or_default().push(r.kafka.1);
+        }
+    }
+    for (p, offsets) in &mut missing {
+        offsets.sort();
+        println!(
+            "missing in partition {p}: {} rows, offsets {:?}..{:?}",
+            offsets.len(),
+            offsets.first(),
+            offsets.last()
+        );
+    }
+    assert!(missing.is_empty(), "rows missing (see above)");
+    assert_eq!(ids.len(), rows.len(), "no duplicate");
+    assert_eq!(
+        (rows.len() - unaudited, unaudited),
+        (expected.audit, expected.unaudited_failures),
+        "none missing (independent count)"
+    );
+    let by_id = |v: &[Row]| -> BTreeMap<String, (String, Option<String>)> {
+        v.iter()
+            .map(|r| (r.event_id.clone(), (r.result.clone(), r.error_code.clone())))
+            .collect()
+    };
+    assert_eq!(
+        by_id(&rows),
+        by_id(&reference),
+        "same rows and outcomes as an undisturbed run"
+    );
+}
+
 /// Arguments of `pgtrail-processor run` for a test.
 pub fn processor_args(brokers: &str, lake: &Path, group: &str, topics: &[&str]) -> Vec<String> {
     vec![

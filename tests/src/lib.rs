@@ -21,6 +21,34 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// A test's work directory: removed when the test passes, kept (and its path printed) when
+/// the test panics, so the logs of the processes it ran can be read afterwards.
+pub struct WorkDir(Option<tempfile::TempDir>);
+
+impl WorkDir {
+    /// A new work directory (see [`tempdir`]).
+    pub fn new(prefix: &str) -> WorkDir {
+        WorkDir(Some(tempdir(prefix)))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        self.0
+            .as_ref()
+            .map_or(std::path::Path::new("/"), |d| d.path())
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.0.take()
+        {
+            eprintln!("work directory kept: {}", d.keep().display());
+        }
+    }
+}
+
 /// A temporary directory readable by the `postgres` user (PostgreSQL writes logs into it).
 pub fn tempdir(prefix: &str) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()

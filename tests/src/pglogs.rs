@@ -98,19 +98,35 @@ impl PgCluster {
 
     /// Starts pgbench on both servers for `seconds` in the background.
     pub fn stream(&mut self, seconds: u32) {
+        self.stream_at(seconds, None);
+    }
+
+    /// Like [`PgCluster::stream`], throttled to `rate` transactions/s per server.
+    pub fn stream_at(&mut self, seconds: u32, rate: Option<u32>) {
+        let mut args = vec![
+            "stream".to_owned(),
+            "--out".into(),
+            self.dir.path().to_string_lossy().into_owned(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ];
+        if let Some(r) = rate {
+            args.extend(["--rate".into(), r.to_string()]);
+        }
         let child = Command::new(generator())
-            .args([
-                "stream",
-                "--out",
-                &self.dir.path().to_string_lossy(),
-                "--seconds",
-                &seconds.to_string(),
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("generator stream");
         self.stream = Some(child);
+    }
+
+    /// Whether the background workload is still running.
+    pub fn streaming(&mut self) -> bool {
+        self.stream
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits for the background workload to end.

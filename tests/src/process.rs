@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary, built on first use (`cargo build --bins`).
+/// Path of a workspace binary, built on first use (`cargo test --no-run --workspace`).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("current exe");
@@ -22,7 +22,10 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--bins", "--workspace"])
+        // The same build as the test runner's (`cargo test --no-run`): `cargo build --bins`
+        // alone resolves features without dev-dependencies and would rebuild half the
+        // dependency tree each time the two alternate.
+        cmd.args(["test", "--no-run", "--workspace", "--quiet"])
             .current_dir(crate::workspace_root());
         if release {
             cmd.arg("--release");
@@ -31,6 +34,20 @@ pub fn binary(name: &str) -> PathBuf {
         assert!(status.success(), "building the binaries failed");
     });
     profile_dir.join(name)
+}
+
+/// Runs `pgtrail-processor` with `args` and `--exit-when-idle idle` to its end (at most 10
+/// minutes); panics with its log unless it exits 0. Returns the log.
+pub fn process_until_idle(args: &[String], idle: &str, log: &Path) -> String {
+    let mut a = args.to_vec();
+    a.extend(["--exit-when-idle".into(), idle.into()]);
+    let status = Shipper::processor(&a, &[], log).wait(Duration::from_secs(600));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "processor exited with {status}; log:\n{text}"
+    );
+    text
 }
 
 /// A running pgtrail binary (shipper or processor).
@@ -62,10 +79,7 @@ impl Shipper {
             .expect("log file");
         let mut cmd = Command::new(binary(bin));
         cmd.args(args)
-            .env(
-                "PGTRAIL_LOG",
-                "info,buoyant_kernel=warn,deltalake_core=warn",
-            )
+            .env("PGTRAIL_LOG", "info,buoyant_kernel=off,deltalake_core=warn")
             .stdout(Stdio::null())
             .stderr(file);
         for (k, v) in env {
@@ -124,6 +138,21 @@ impl Shipper {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until its log contains `needle` (true), it exits or `timeout` passes (false).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if !self.running() {
+                return self.log_text().contains(needle);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// The log so far.

@@ -12,24 +12,13 @@ use std::time::Duration;
 use pgtrail_tests::broker::Broker;
 use pgtrail_tests::lake::{WORKLOAD_FAILURES, expected_rows, processor_args, read_rows, table_uri};
 use pgtrail_tests::pglogs::PgLogs;
-use pgtrail_tests::process::{Processor, binary, run_shipper_once, shipper_args};
+use pgtrail_tests::process::{binary, process_until_idle, run_shipper_once, shipper_args};
 use pgtrail_tests::tempdir;
 
 fn process(args: &[String], config: &std::path::Path, log: &std::path::Path) -> String {
     let mut a = args.to_vec();
-    a.extend([
-        "--config".into(),
-        config.to_string_lossy().into_owned(),
-        "--exit-when-idle".into(),
-        "6s".into(),
-    ]);
-    let status = Processor::processor(&a, &[], log).wait(Duration::from_secs(300));
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    assert!(
-        status.success(),
-        "processor exited with {status}; log:\n{text}"
-    );
-    text
+    a.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+    process_until_idle(&a, "6s", log)
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! limiting. Records are split and encoded before the clock starts; the clock stops when
 //! Kafka acknowledged the last one.
 //!
-//! Usage: `pgtrail-baseline-producer BROKERS TOPIC FILE...` (csvlog files). Prints one line:
-//! `baseline records=N seconds=S records_per_sec=R`.
+//! Usage: `pgtrail-baseline-producer [--copies N] BROKERS TOPIC FILE...` (csvlog files).
+//! Prints one line: `baseline records=N seconds=S records_per_sec=R`. `--copies N` sends the
+//! files' records N times, each copy as another file (file identity `<path>#<k>`), which is
+//! how the processing bench preloads a topic with a million distinct records of real logs.
 
 use std::time::{Duration, Instant};
 
@@ -15,14 +17,19 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut copies = 1;
+    if args.first().is_some_and(|a| a == "--copies") && args.len() > 1 {
+        copies = args[1].parse::<usize>().expect("--copies N");
+        args.drain(..2);
+    }
     let [brokers, topic, files @ ..] = args.as_slice() else {
-        eprintln!("usage: pgtrail-baseline-producer BROKERS TOPIC FILE...");
+        eprintln!("usage: pgtrail-baseline-producer [--copies N] BROKERS TOPIC FILE...");
         std::process::exit(2);
     };
     let encoder = Encoder::single_object();
     let mut messages: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for path in files {
+    for (copy, path) in (0..copies).flat_map(|c| files.iter().map(move |f| (c, f))) {
         let bytes = std::fs::read(path).expect("read file");
         let source = pgtrail_avro::record::encode_source(&RecordSource {
             server: "baseline".into(),
@@ -30,7 +37,11 @@ fn main() {
             shipper_version: "baseline".into(),
             format: LogFormat::Csvlog,
             source_path: path.clone(),
-            file_id: path.clone(),
+            file_id: if copies == 1 {
+                path.clone()
+            } else {
+                format!("{path}#{copy}")
+            },
         });
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)

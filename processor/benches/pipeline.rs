@@ -1,0 +1,159 @@
+//! The processor's per-record work, per format, on real PostgreSQL logs: Kafka message value
+//! (Avro single-object, as the shipper writes it) → decode → parse + pgaudit + outcome
+//! tracking + dedup (`Partition::push`, the code the consumer runs) → Arrow `RecordBatch`es of
+//! the table schema (`delta::to_batch`, 8192 rows each). Records/s per core, beside a baseline
+//! that only decodes the same messages (the floor: no parsing, no rows).
+//!
+//! Target: ≥ 250k records/s per core for csvlog. Input as in `parse` (`$PGTRAIL_BENCH_LOGS`).
+
+#[path = "common/input.rs"]
+mod input;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use pgtrail_avro::{Decoder, Encoder, LogFormat, RawRecord, RecordSource};
+use processor::delta::{KafkaCoords, LakeRow, to_batch};
+use processor::parse::ServerFormat;
+use processor::partition::{Incoming, Outputs, Partition, Servers};
+use processor::telemetry::Metrics;
+
+/// Rows per Arrow batch (the sink's batch size).
+const BATCH_ROWS: usize = 8192;
+
+struct OneServer(ServerFormat);
+
+impl Servers for OneServer {
+    fn format(&mut self, _server: &str) -> Result<&ServerFormat, String> {
+        Ok(&self.0)
+    }
+    fn accepts(&self, _server: &str, _format: LogFormat) -> bool {
+        true
+    }
+}
+
+/// The messages the shipper would have produced for these records.
+fn messages(format: LogFormat) -> Vec<Vec<u8>> {
+    let encoder = Encoder::single_object();
+    input::located_records(format)
+        .into_iter()
+        .map(|(file, offset, data)| {
+            encoder.encode_record(&RawRecord {
+                source: RecordSource {
+                    server: "bench".into(),
+                    host: "bench".into(),
+                    shipper_version: "bench".into(),
+                    format,
+                    source_path: file.clone(),
+                    file_id: file,
+                },
+                offset,
+                data,
+                read_at_micros: 0,
+                truncated: false,
+                original_length: None,
+            })
+        })
+        .collect()
+}
+
+/// Runs the whole per-record path over `msgs` on a fresh partition; returns the rows written.
+fn pipeline(
+    msgs: &[Vec<u8>],
+    decoder: &Decoder,
+    servers: &mut OneServer,
+    metrics: &Metrics,
+) -> usize {
+    let mut part = Partition::new("pgaudit.raw.bench", 0, None, None, Duration::from_secs(60));
+    let mut rows: Vec<LakeRow> = Vec::with_capacity(BATCH_ROWS);
+    let mut written = 0;
+    let now = Utc::now();
+    let mut flush = |rows: &mut Vec<LakeRow>, force: bool| {
+        if rows.len() >= BATCH_ROWS || (force && !rows.is_empty()) {
+            match to_batch(rows) {
+                Ok(b) => written += b.num_rows(),
+                Err(e) => panic!("to_batch: {e}"),
+            }
+            rows.clear();
+        }
+    };
+    let take = |out: Outputs, rows: &mut Vec<LakeRow>| {
+        for (row, offset) in out.rows {
+            rows.push(LakeRow {
+                row,
+                ingest_ts: now,
+                kafka: KafkaCoords {
+                    topic: "pgaudit.raw.bench".into(),
+                    partition: 0,
+                    offset,
+                },
+            });
+        }
+    };
+    for (offset, msg) in msgs.iter().enumerate() {
+        let decoded = decoder.decode_single_object(msg).map_err(|e| e.to_string());
+        let mut out = Outputs::default();
+        part.push(
+            Incoming {
+                offset: offset as i64,
+                key: None,
+                payload: msg,
+            },
+            decoded,
+            servers,
+            metrics,
+            &mut out,
+        );
+        take(out, &mut rows);
+        flush(&mut rows, false);
+    }
+    let mut out = Outputs::default();
+    part.finish(metrics, &mut out);
+    take(out, &mut rows);
+    flush(&mut rows, true);
+    written
+}
+
+fn bench(c: &mut Criterion) {
+    let decoder = Decoder::new(None);
+    let metrics = Metrics::default();
+    let mut servers = OneServer(input::server_format());
+    for format in LogFormat::ALL {
+        let msgs = messages(format);
+        if msgs.is_empty() {
+            continue;
+        }
+        let rows = pipeline(&msgs, &decoder, &mut servers, &metrics);
+        assert!(rows > 0, "{format}: no rows from {} records", msgs.len());
+        eprintln!("{format}: {} records → {rows} rows", msgs.len());
+        let mut g = c.benchmark_group(format!("pipeline_{format}"));
+        g.throughput(Throughput::Elements(msgs.len() as u64));
+        g.bench_with_input(
+            BenchmarkId::new("records", "decode_parse_arrow"),
+            &msgs,
+            |b, msgs| b.iter(|| pipeline(msgs, &decoder, &mut servers, &metrics)),
+        );
+        g.bench_with_input(
+            BenchmarkId::new("records", "baseline_decode_only"),
+            &msgs,
+            |b, msgs| {
+                b.iter(|| {
+                    msgs.iter()
+                        .filter_map(|m| decoder.decode_single_object(m).ok())
+                        .map(|r: RawRecord| r.data.len())
+                        .sum::<usize>()
+                })
+            },
+        );
+        g.finish();
+    }
+}
+
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+    criterion_group!(benches, bench);
+}
+use group::benches;
+criterion_main!(benches);
