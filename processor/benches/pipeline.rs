@@ -19,6 +19,10 @@ use processor::parse::ServerFormat;
 use processor::partition::{Incoming, Outputs, Partition, Servers};
 use processor::telemetry::Metrics;
 
+/// The binary's allocator (see `main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rows per Arrow batch (the sink's batch size).
 const BATCH_ROWS: usize = 8192;
 

@@ -108,6 +108,41 @@ pub struct AuditRow {
     pub vxid: Option<String>,
 }
 
+impl AuditRow {
+    /// Approximate memory the row holds (heap bytes of every string plus allocation and
+    /// map-node overhead): what the flush budget `flush_bytes` counts.
+    pub fn approx_bytes(&self) -> usize {
+        const STRING: usize = 32; // header + allocator rounding
+        const ENTRY: usize = 96; // BTreeMap node share + two string headers
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + STRING);
+        std::mem::size_of::<Self>()
+            + opt(&self.db_name)
+            + opt(&self.user_name)
+            + opt(&self.client_addr)
+            + opt(&self.session_id)
+            + opt(&self.object_type)
+            + opt(&self.object_name)
+            + opt(&self.statement)
+            + opt(&self.error_code)
+            + opt(&self.vxid)
+            + [
+                &self.command_tag,
+                &self.audit_class,
+                &self.src,
+                &self.raw,
+                &self.event_id,
+            ]
+            .iter()
+            .map(|s| s.len() + STRING)
+            .sum::<usize>()
+            + self
+                .extra
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + ENTRY)
+                .sum::<usize>()
+    }
+}
+
 fn common_extra(rec: &LogRecord, src: &Source) -> BTreeMap<String, String> {
     let mut e = BTreeMap::new();
     let mut put = |k: &str, v: Option<String>| {
@@ -156,14 +191,20 @@ fn base_row(rec: &LogRecord, src: &Source, raw: &str, extra: BTreeMap<String, St
 
 /// Fingerprint of a statement: xxh3 of its lower-cased, whitespace-collapsed text.
 pub fn statement_fingerprint(statement: &str) -> String {
-    let folded: Vec<String> = statement
-        .split_whitespace()
-        .map(str::to_lowercase)
-        .collect();
-    format!(
-        "{:016x}",
-        xxhash_rust::xxh3::xxh3_64(folded.join(" ").as_bytes())
-    )
+    // One buffer; ASCII words lower-cased in place, others through `str::to_lowercase` (its
+    // final-sigma rule included), so fingerprints stay what they always were.
+    let mut folded = String::with_capacity(statement.len());
+    for (i, word) in statement.split_whitespace().enumerate() {
+        if i > 0 {
+            folded.push(' ');
+        }
+        if word.is_ascii() {
+            folded.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            folded.push_str(&word.to_lowercase());
+        }
+    }
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(folded.as_bytes()))
 }
 
 /// The row of a pgaudit entry; `statement` is the entry's statement after

@@ -153,7 +153,8 @@ pub struct Config {
     pub dead_letter_topic: String,
     /// Rows buffered per table before a commit. Default 100000.
     pub flush_rows: usize,
-    /// Record bytes buffered per table before a commit. Default 67108864 (64 MiB).
+    /// Approximate memory of the rows buffered per table (and their Arrow copy while they
+    /// are written) before a commit, in bytes. Default 67108864 (64 MiB).
     pub flush_bytes: usize,
     /// Milliseconds between commits while records arrive. Default 10000.
     pub flush_interval_ms: u64,

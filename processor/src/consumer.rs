@@ -120,6 +120,9 @@ impl ConsumerContext for Ctx {
 /// up to the rebalance timeout, `max.poll.interval.ms`.)
 const NO_ASSIGNMENT_GRACE: Duration = Duration::from_secs(60);
 
+/// How often the loop logs its totals.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
 fn kafka(what: &str, e: impl std::fmt::Display) -> ProcessorError {
     ProcessorError::Kafka {
         what: what.to_owned(),
@@ -136,7 +139,10 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("topic.metadata.refresh.interval.ms", "10000")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // Prefetched messages wait in librdkafka's queue; the processor is slower than the
+        // fetcher, so the default 64 MiB would fill up and count against the memory budget.
+        .set("queued.max.messages.kbytes", "16384");
     for (k, v) in &cfg.kafka {
         c.set(k, v);
     }
@@ -231,6 +237,7 @@ pub fn run(
     let started = Instant::now();
     let mut ever_assigned = false;
     let mut last_tick = Instant::now();
+    let mut last_progress = (Instant::now(), Totals::default());
     let outcome = loop {
         if cancel.is_cancelled() {
             info!("Draining: committing what is in hand.");
@@ -274,6 +281,20 @@ pub fn run(
         }
         w.tick(&consumer)?;
         ever_assigned |= w.assigned() > 0;
+        if last_progress.0.elapsed() >= PROGRESS_EVERY {
+            let (t, before) = (&w.totals, &last_progress.1);
+            let secs = last_progress.0.elapsed().as_secs_f64();
+            info!(
+                messages = t.messages,
+                rows = t.rows,
+                dead_letters = t.dead_letters,
+                commits = t.commits,
+                partitions = w.assigned(),
+                messages_per_sec = ((t.messages - before.messages) as f64 / secs) as u64,
+                "Progress."
+            );
+            last_progress = (Instant::now(), t.clone());
+        }
         // Without any partition (a rebalance may still wait for a dead member's session to
         // expire) idleness counts only after a grace period.
         let grace = if w.assigned() == 0 {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use deltalake::TableProperty;
 use deltalake::arrow::array::{
-    ArrayRef, Date32Array, Int32Array, Int64Array, MapBuilder, MapFieldNames, StringArray,
-    StringBuilder, TimestampMicrosecondArray,
+    ArrayRef, Date32Array, Int32Array, Int64Array, MapBuilder, MapFieldNames, StringBuilder,
+    TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
@@ -114,8 +114,14 @@ pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(
     rows: &[R],
 ) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
     let rows: Vec<&LakeRow> = rows.iter().map(|r| r.borrow()).collect();
-    let text = |f: &dyn Fn(&LakeRow) -> Option<String>| -> ArrayRef {
-        Arc::new(rows.iter().map(|r| f(r)).collect::<StringArray>())
+    // Borrowed, into builders sized up front: no per-row copies or buffer regrowth.
+    let text = |f: &dyn Fn(&LakeRow) -> Option<&str>| -> ArrayRef {
+        let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
+        let mut b = StringBuilder::with_capacity(rows.len(), bytes);
+        for r in &rows {
+            b.append_option(f(r));
+        }
+        Arc::new(b.finish())
     };
     // Delta's names for map entries.
     let names = MapFieldNames {
@@ -123,7 +129,13 @@ pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(
         key: "key".into(),
         value: "value".into(),
     };
-    let mut extra = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
+    let entries: usize = rows.iter().map(|r| r.row.extra.len()).sum();
+    let mut extra = MapBuilder::with_capacity(
+        Some(names),
+        StringBuilder::with_capacity(entries, entries * 12),
+        StringBuilder::with_capacity(entries, entries * 16),
+        rows.len(),
+    );
     for r in &rows {
         for (k, v) in &r.row.extra {
             extra.keys().append_value(k);
@@ -138,17 +150,17 @@ pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         ),
-        text(&|r| r.row.db_name.clone()),
-        text(&|r| r.row.user_name.clone()),
-        text(&|r| r.row.client_addr.clone()),
-        text(&|r| r.row.session_id.clone()),
-        text(&|r| Some(r.row.command_tag.clone())),
-        text(&|r| r.row.object_type.clone()),
-        text(&|r| r.row.object_name.clone()),
-        text(&|r| r.row.statement.clone()),
-        text(&|r| Some(r.row.audit_class.clone())),
-        text(&|r| Some(r.row.result.as_str().to_owned())),
-        text(&|r| r.row.error_code.clone()),
+        text(&|r| r.row.db_name.as_deref()),
+        text(&|r| r.row.user_name.as_deref()),
+        text(&|r| r.row.client_addr.as_deref()),
+        text(&|r| r.row.session_id.as_deref()),
+        text(&|r| Some(&r.row.command_tag)),
+        text(&|r| r.row.object_type.as_deref()),
+        text(&|r| r.row.object_name.as_deref()),
+        text(&|r| r.row.statement.as_deref()),
+        text(&|r| Some(&r.row.audit_class)),
+        text(&|r| Some(r.row.result.as_str())),
+        text(&|r| r.row.error_code.as_deref()),
         Arc::new(extra.finish()),
         Arc::new(
             rows.iter()
@@ -156,15 +168,15 @@ pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         ),
-        text(&|r| Some(r.row.src.clone())),
-        text(&|r| Some(r.row.raw.clone())),
+        text(&|r| Some(&r.row.src)),
+        text(&|r| Some(&r.row.raw)),
         Arc::new(
             rows.iter()
                 .map(|r| Some(days(r.ingest_ts)))
                 .collect::<Date32Array>(),
         ),
-        text(&|r| Some(r.row.event_id.clone())),
-        text(&|r| Some(r.kafka.topic.clone())),
+        text(&|r| Some(&r.row.event_id)),
+        text(&|r| Some(&r.kafka.topic)),
         Arc::new(
             rows.iter()
                 .map(|r| Some(r.kafka.partition))

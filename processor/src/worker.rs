@@ -347,7 +347,8 @@ impl Worker {
                 .inc_by(failures);
         }
         for (row, offset) in out.rows {
-            a.bytes += row.raw.len() + row.statement.as_ref().map_or(0, String::len) + 256;
+            // The row, and its copy in the Arrow batch while it is written.
+            a.bytes += 2 * row.approx_bytes();
             a.rows.push(LakeRow {
                 row,
                 ingest_ts: now,

@@ -36,8 +36,12 @@ pub enum Disposition {
 #[derive(Debug, Default)]
 struct Session {
     held: VecDeque<AuditRow>,
-    statements: HashMap<i64, String>,
+    /// The last statement pgaudit logged in full (id, text): `<previously logged>` refers to
+    /// the statement being run, never an older one.
+    last_statement: Option<(i64, String)>,
     released_vxids: VecDeque<String>,
+    /// Newest log time of the session's records.
+    last_seen: Option<DateTime<Utc>>,
 }
 
 impl Session {
@@ -66,7 +70,12 @@ pub struct OutcomeTracker {
     window: Duration,
     sessions: HashMap<String, Session>,
     watermark: Option<DateTime<Utc>>,
+    /// Second of log time of the last sweep.
+    swept_at: Option<i64>,
 }
+
+/// How long a session without held rows is remembered after its last record (log time).
+const SESSION_MEMORY: Duration = Duration::hours(1);
 
 fn session_key(rec: &LogRecord) -> String {
     match (&rec.session_id, rec.process_id) {
@@ -83,6 +92,7 @@ impl OutcomeTracker {
             window: Duration::from_std(window).unwrap_or(Duration::MAX),
             sessions: HashMap::new(),
             watermark: None,
+            swept_at: None,
         }
     }
 
@@ -104,6 +114,9 @@ impl OutcomeTracker {
         }
         let key = session_key(rec);
         let session = self.sessions.entry(key.clone()).or_default();
+        if rec.log_time.is_some() {
+            session.last_seen = session.last_seen.max(rec.log_time);
+        }
         let same_tx = |row: &AuditRow| row.vxid.is_some() && row.vxid == rec.vxid;
         // Rows of earlier transactions of this session are decided: no error followed them.
         while session.held.front().is_some_and(|r| !same_tx(r)) {
@@ -117,12 +130,14 @@ impl OutcomeTracker {
             Some(Ok(entry)) => {
                 let statement = match &entry.statement {
                     Statement::Text(s) => {
-                        session.statements.insert(entry.statement_id, s.clone());
+                        session.last_statement = Some((entry.statement_id, s.clone()));
                         Some(s.clone())
                     }
-                    Statement::PreviouslyLogged => {
-                        session.statements.get(&entry.statement_id).cloned()
-                    }
+                    Statement::PreviouslyLogged => session
+                        .last_statement
+                        .as_ref()
+                        .filter(|(id, _)| *id == entry.statement_id)
+                        .map(|(_, s)| s.clone()),
                     Statement::NotLogged => None,
                 };
                 session
@@ -162,7 +177,13 @@ impl OutcomeTracker {
                 Disposition::Skipped
             }
         };
-        self.release_expired(out);
+        // Sweeping every session on every record would cost O(sessions) per record: once
+        // per second of log time (aligned, so a replay sweeps at the same points) is enough.
+        let second = self.watermark.map(|w| w.timestamp());
+        if second != self.swept_at {
+            self.swept_at = second;
+            self.release_expired(out);
+        }
         disposition
     }
 
@@ -182,8 +203,11 @@ impl OutcomeTracker {
                 }
             }
         }
+        // A quiet session is forgotten after SESSION_MEMORY of log time (its released vxids
+        // serve late-outcome detection until then).
+        let forget = w - SESSION_MEMORY;
         self.sessions
-            .retain(|_, s| !s.held.is_empty() || !s.statements.is_empty());
+            .retain(|_, s| !s.held.is_empty() || s.last_seen.is_some_and(|t| t >= forget));
     }
 
     /// Releases every held row (end of input).
