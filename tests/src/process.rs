@@ -168,10 +168,12 @@ impl Drop for Shipper {
     }
 }
 
-/// Runs the shipper with `args` (which should include `--once`) to completion; asserts it
+/// Runs the shipper with `args` and `--once` to completion; asserts it
 /// exited 0 within `timeout` and returns its log.
 pub fn run_shipper_once(args: &[String], log: &Path, timeout: Duration) -> String {
-    let status = Shipper::spawn(args, log).wait(timeout);
+    let mut a = args.to_vec();
+    a.push("--once".into());
+    let status = Shipper::spawn(&a, log).wait(timeout);
     let text = std::fs::read_to_string(log).unwrap_or_default();
     assert!(
         status.success(),

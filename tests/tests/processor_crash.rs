@@ -133,10 +133,8 @@ fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
     cluster.wait_stream();
     cluster.stop();
     shipper.kill9();
-    let mut once = ship.clone();
-    once.push("--once".into());
     run_shipper_once(
-        &once,
+        &ship,
         &work.path().join("shipper-final.log"),
         Duration::from_secs(300),
     );

@@ -35,10 +35,8 @@ fn shipped_logs_become_exactly_the_expected_rows() {
             &work.path().join(state),
             &prefix,
         );
-        let mut a = args;
-        a.push("--once".into());
         run_shipper_once(
-            &a,
+            &args,
             &work.path().join(format!("{state}.log")),
             Duration::from_secs(120),
         );

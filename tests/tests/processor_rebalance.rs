@@ -173,10 +173,8 @@ fn two_instances_with_rebalances_write_exactly_the_expected_rows() {
     cluster.wait_stream();
     cluster.stop();
     shipper.kill9();
-    let mut once = ship.clone();
-    once.push("--once".into());
     run_shipper_once(
-        &once,
+        &ship,
         &work.path().join("shipper-final.log"),
         Duration::from_secs(300),
     );

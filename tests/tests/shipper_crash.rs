@@ -65,10 +65,8 @@ fn kill_9_twice_while_postgres_writes_loses_nothing() {
     }
     // Final catch-up after the last crash, from the checkpoints.
     for (i, (a, s)) in args.iter().zip(&states).enumerate() {
-        let mut once = a.clone();
-        once.push("--once".into());
         let log = s.path().join("shipper-final.log");
-        let text = run_shipper_once(&once, &log, Duration::from_secs(300));
+        let text = run_shipper_once(a, &log, Duration::from_secs(300));
         assert!(
             text.contains("Shipped everything present"),
             "{}: {text}",

@@ -21,14 +21,13 @@ fn once_ships_exactly_the_records_of_primary_and_replica() {
     for server in ["primary", "replica"] {
         let dir = logs.server_dir(server);
         let state = tempdir("state");
-        let mut args = shipper_args(
+        let args = shipper_args(
             server,
             &[format!("{}/*", dir.display())],
             &broker.bootstrap(),
             state.path(),
             &prefix,
         );
-        args.push("--once".into());
         run_shipper_once(
             &args,
             &state.path().join("shipper.log"),

@@ -276,7 +276,6 @@ fn bad_input_is_shipped_or_skipped_without_losing_neighbours() {
     args.extend([
         "--config".into(),
         config(state.path(), "max_record_bytes = 4096\n"),
-        "--once".into(),
     ]);
     let log = run_shipper_once(
         &args,
@@ -338,7 +337,6 @@ fn rate_limit_holds_records_per_second() {
     args.extend([
         "--config".into(),
         config(state.path(), "burst_records = 100\n"),
-        "--once".into(),
     ]);
     let log = run_shipper_once(
         &args,
