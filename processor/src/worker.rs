@@ -60,6 +60,9 @@ struct Assigned {
     /// first message is past the resume offset, the partition is re-read from earlier (further
     /// back each time) and everything before the resume offset is skipped.
     probe: Option<Probe>,
+    /// The last offset before a gap that re-reading showed to be real (compaction,
+    /// transaction markers): that gap is not probed again.
+    accepted_gap: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -180,6 +183,7 @@ impl Worker {
                     rows: Vec::new(),
                     bytes: 0,
                     probe,
+                    accepted_gap: None,
                 },
             );
         }
@@ -251,6 +255,28 @@ impl Worker {
         let Some(a) = self.parts.get_mut(&(topic.to_owned(), partition)) else {
             return Ok(()); // Fenced or revoked: not ours.
         };
+        // The same broker trap can strike mid-stream (librdkafka restarting a fetch inside a
+        // batch, e.g. around a rebalance): a gap after the last offset handled is probed like
+        // a resume, once; a gap that is still there after re-reading is real.
+        if a.probe.is_none()
+            && let Some(last) = a.partition.last_offset()
+            && offset > last + 1
+            && a.accepted_gap != Some(last)
+        {
+            warn!(
+                topic,
+                partition,
+                expected = last + 1,
+                got = offset,
+                "Offsets skipped; re-reading to make sure none is lost."
+            );
+            a.accepted_gap = Some(last);
+            a.probe = Some(Probe {
+                target: last + 1,
+                step: 1000,
+                reached_start: false,
+            });
+        }
         if let Some(pr) = a.probe {
             if offset <= pr.target || pr.reached_start {
                 if offset > pr.target {
