@@ -1,7 +1,8 @@
 //! The processor's per-record work, per format, on real PostgreSQL logs: Kafka message value
 //! (Avro single-object, as the shipper writes it) → decode → parse + pgaudit + outcome
-//! tracking + dedup (`Partition::push`, the code the consumer runs) → Arrow `RecordBatch`es of
-//! the table schema (`delta::to_batch`, 8192 rows each). Records/s per core, beside a baseline
+//! tracking + dedup (`Partition::push`, the code the consumer runs) → rows appended to Arrow
+//! builders of the table schema as the consumer routes them (`delta::RowBuffer`), taken as
+//! `RecordBatch`es of 8192 rows. Records/s per core, beside a baseline
 //! that only decodes the same messages (the floor: no parsing, no rows).
 //!
 //! Target: ≥ 250k records/s per core for csvlog. Input as in `parse` (`$PGTRAIL_BENCH_LOGS`).
@@ -14,7 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pgtrail_avro::{Decoder, Encoder, LogFormat, RawRecord, RecordSource};
-use processor::delta::{KafkaCoords, LakeRow, to_batch};
+use processor::delta::{BATCH_ROWS, RowBuffer};
 use processor::parse::ServerFormat;
 use processor::partition::{Incoming, Outputs, Partition, Servers};
 use processor::telemetry::Metrics;
@@ -22,9 +23,6 @@ use processor::telemetry::Metrics;
 /// The binary's allocator (see `main.rs`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Rows per Arrow batch (the sink's batch size).
-const BATCH_ROWS: usize = 8192;
 
 struct OneServer(ServerFormat);
 
@@ -69,30 +67,24 @@ fn pipeline(
     servers: &mut OneServer,
     metrics: &Metrics,
 ) -> usize {
-    let mut part = Partition::new("pgaudit.raw.bench", 0, None, None, Duration::from_secs(60));
-    let mut rows: Vec<LakeRow> = Vec::with_capacity(BATCH_ROWS);
+    const TOPIC: &str = "pgaudit.raw.bench";
+    let mut part = Partition::new(TOPIC, 0, None, None, Duration::from_secs(60));
+    let mut rows = RowBuffer::default();
     let mut written = 0;
     let now = Utc::now();
-    let mut flush = |rows: &mut Vec<LakeRow>, force: bool| {
+    let mut flush = |rows: &mut RowBuffer, force: bool| {
         if rows.len() >= BATCH_ROWS || (force && !rows.is_empty()) {
-            match to_batch(rows) {
-                Ok(b) => written += b.num_rows(),
-                Err(e) => panic!("to_batch: {e}"),
+            match rows.take() {
+                Ok(batches) => written += batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                Err(e) => panic!("batches: {e}"),
             }
-            rows.clear();
         }
     };
-    let take = |out: Outputs, rows: &mut Vec<LakeRow>| {
+    let take = |out: Outputs, rows: &mut RowBuffer| {
         for (row, offset) in out.rows {
-            rows.push(LakeRow {
-                row,
-                ingest_ts: now,
-                kafka: KafkaCoords {
-                    topic: "pgaudit.raw.bench".into(),
-                    partition: 0,
-                    offset,
-                },
-            });
+            if let Err(e) = rows.push(&row, now, TOPIC, 0, offset) {
+                panic!("row: {e}");
+            }
         }
     };
     for (offset, msg) in msgs.iter().enumerate() {

@@ -8,9 +8,8 @@
 //! Must not: do I/O.
 
 mod classify;
+mod extra;
 pub mod outcome;
-
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use pgtrail_avro::LogFormat;
@@ -20,6 +19,7 @@ use crate::parse::LogRecord;
 use crate::parse::pgaudit::{AuditEntry, Parameters, Statement, normalize_statement};
 
 pub use classify::classify;
+pub use extra::{Extra, Key};
 
 /// Where a log record came from (the shipper's envelope).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -36,15 +36,51 @@ pub struct Source {
     pub file_id: String,
     /// Byte offset of the record in the file.
     pub offset: i64,
+    /// The caller's position of the record (the processor: its Kafka offset), carried into
+    /// the row's `origin`; not part of the event's identity.
+    pub origin: i64,
 }
 
 impl Source {
     /// Deterministic id of the event from these coordinates (one log record yields at most one
-    /// row).
+    /// row): 32 hex digits of xxh3-128 over `server \x1f file_id \x1f offset`.
     pub fn event_id(&self) -> String {
-        let key = format!("{}\u{1f}{}\u{1f}{}", self.server, self.file_id, self.offset);
-        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+        let mut offset = itoa::Buffer::new();
+        let parts = [
+            self.server.as_bytes(),
+            b"\x1f",
+            self.file_id.as_bytes(),
+            b"\x1f",
+            offset.format(self.offset).as_bytes(),
+        ];
+        // The key on the stack when it fits (it nearly always does).
+        let mut stack = [0u8; 256];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let hash = if len <= stack.len() {
+            let mut at = 0;
+            for p in parts {
+                stack[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            xxhash_rust::xxh3::xxh3_128(&stack[..len])
+        } else {
+            xxhash_rust::xxh3::xxh3_128(&parts.concat())
+        };
+        hex(hash, 32)
     }
+}
+
+/// The low `digits` hex digits of `v`, zero-padded (`{:0digits$x}`), without the formatting
+/// machinery.
+fn hex(v: u128, digits: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    let digits = digits.min(32);
+    for (i, b) in buf[..digits].iter_mut().rev().enumerate() {
+        *b = DIGITS[((v >> (4 * i)) & 0xf) as usize];
+    }
+    // Only ASCII hex digits were written.
+    String::from_utf8(buf[..digits].to_vec()).unwrap_or_default()
 }
 
 /// SUCCESS or FAILURE.
@@ -96,7 +132,7 @@ pub struct AuditRow {
     /// SQLSTATE of the failure; `None` on success or where the format carries none.
     pub error_code: Option<String>,
     /// Everything without a column.
-    pub extra: BTreeMap<String, String>,
+    pub extra: Extra,
     /// Log format the row was parsed from.
     pub src: String,
     /// The record as logged.
@@ -106,74 +142,51 @@ pub struct AuditRow {
     /// Virtual transaction id (outcome matching; also in `extra`).
     #[serde(skip)]
     pub vxid: Option<String>,
+    /// [`Source::origin`] of the record the row came from.
+    #[serde(skip)]
+    pub origin: i64,
 }
 
-impl AuditRow {
-    /// Approximate memory the row holds (heap bytes of every string plus allocation and
-    /// map-node overhead): what the flush budget `flush_bytes` counts.
-    pub fn approx_bytes(&self) -> usize {
-        const STRING: usize = 32; // header + allocator rounding
-        const ENTRY: usize = 96; // BTreeMap node share + two string headers
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + STRING);
-        std::mem::size_of::<Self>()
-            + opt(&self.db_name)
-            + opt(&self.user_name)
-            + opt(&self.client_addr)
-            + opt(&self.session_id)
-            + opt(&self.object_type)
-            + opt(&self.object_name)
-            + opt(&self.statement)
-            + opt(&self.error_code)
-            + opt(&self.vxid)
-            + [
-                &self.command_tag,
-                &self.audit_class,
-                &self.src,
-                &self.raw,
-                &self.event_id,
-            ]
-            .iter()
-            .map(|s| s.len() + STRING)
-            .sum::<usize>()
-            + self
-                .extra
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + ENTRY)
-                .sum::<usize>()
+/// Entries every row has, moved out of the record (one entry per `Some`), in key order.
+fn common_extra(rec: &mut LogRecord, src: &Source, room: usize) -> Extra {
+    let mut e = Extra::with_capacity(10 + room);
+    if let Some(v) = rec.application_name.take() {
+        e.insert(Key::ApplicationName, v);
     }
-}
-
-fn common_extra(rec: &LogRecord, src: &Source) -> BTreeMap<String, String> {
-    let mut e = BTreeMap::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            e.insert(k.to_owned(), v);
-        }
-    };
-    put("application_name", rec.application_name.clone());
-    put("backend_type", rec.backend_type.clone());
-    put("vxid", rec.vxid.clone());
-    put("txid", rec.txid.clone());
-    put("leader_pid", rec.leader_pid.map(|v| v.to_string()));
-    put("query_id", rec.query_id.map(|v| v.to_string()));
-    put(
-        "session_line_num",
-        rec.session_line_num.map(|v| v.to_string()),
-    );
-    put("process_id", rec.process_id.map(|v| v.to_string()));
-    put("source_file", Some(src.path.clone()));
-    put("host", Some(src.host.clone()));
+    if let Some(v) = rec.backend_type.take() {
+        e.insert(Key::BackendType, v);
+    }
+    e.insert(Key::Host, src.host.clone());
+    if let Some(v) = rec.leader_pid {
+        e.insert(Key::LeaderPid, v);
+    }
+    if let Some(v) = rec.process_id {
+        e.insert(Key::ProcessId, v);
+    }
+    if let Some(v) = rec.query_id {
+        e.insert(Key::QueryId, v);
+    }
+    if let Some(v) = rec.session_line_num {
+        e.insert(Key::SessionLineNum, v);
+    }
+    e.insert(Key::SourceFile, src.path.clone());
+    if let Some(v) = rec.txid.take() {
+        e.insert(Key::Txid, v);
+    }
+    if let Some(v) = rec.vxid.clone() {
+        e.insert(Key::Vxid, v);
+    }
     e
 }
 
-/// A SUCCESS row with the record's columns and no audit fields yet.
-fn base_row(rec: &LogRecord, src: &Source, raw: &str, extra: BTreeMap<String, String>) -> AuditRow {
+/// A SUCCESS row with the record's columns (moved out of it) and no audit fields yet.
+fn base_row(rec: &mut LogRecord, src: &Source, raw: String, extra: Extra) -> AuditRow {
     AuditRow {
         event_time: rec.log_time,
-        db_name: rec.database_name.clone(),
-        user_name: rec.user_name.clone(),
-        client_addr: rec.remote_host.clone(),
-        session_id: rec.session_id.clone(),
+        db_name: rec.database_name.take(),
+        user_name: rec.user_name.take(),
+        client_addr: rec.remote_host.take(),
+        session_id: rec.session_id.take(),
         command_tag: String::new(),
         object_type: None,
         object_name: None,
@@ -183,96 +196,135 @@ fn base_row(rec: &LogRecord, src: &Source, raw: &str, extra: BTreeMap<String, St
         error_code: None,
         extra,
         src: src.format.to_string(),
-        raw: raw.to_owned(),
+        raw,
         event_id: src.event_id(),
-        vxid: rec.vxid.clone(),
+        vxid: rec.vxid.take(),
+        origin: src.origin,
     }
 }
 
 /// Fingerprint of a statement: xxh3 of its lower-cased, whitespace-collapsed text.
 pub fn statement_fingerprint(statement: &str) -> String {
-    // One buffer; ASCII words lower-cased in place, others through `str::to_lowercase` (its
-    // final-sigma rule included), so fingerprints stay what they always were.
-    let mut folded = String::with_capacity(statement.len());
-    for (i, word) in statement.split_whitespace().enumerate() {
-        if i > 0 {
-            folded.push(' ');
+    let mut folded = Vec::with_capacity(statement.len());
+    if statement.is_ascii() {
+        // Whole words at a time; ASCII `char::is_whitespace` is exactly these six.
+        let words = statement
+            .as_bytes()
+            .split(|b| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
+            .filter(|w| !w.is_empty());
+        for word in words {
+            if !folded.is_empty() {
+                folded.push(b' ');
+            }
+            let start = folded.len();
+            folded.extend_from_slice(word);
+            folded[start..].make_ascii_lowercase();
         }
-        if word.is_ascii() {
-            folded.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
-        } else {
-            folded.push_str(&word.to_lowercase());
+    } else {
+        // Words through `str::to_lowercase` (its final-sigma rule included).
+        for (i, word) in statement.split_whitespace().enumerate() {
+            if i > 0 {
+                folded.push(b' ');
+            }
+            folded.extend_from_slice(word.to_lowercase().as_bytes());
         }
     }
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(folded.as_bytes()))
+    hex(u128::from(xxhash_rust::xxh3::xxh3_64(&folded)), 16)
 }
 
 /// The row of a pgaudit entry; `statement` is the entry's statement after
 /// `<previously logged>` was filled (`None` when not logged).
 pub fn audit_row(
-    rec: &LogRecord,
-    entry: &AuditEntry,
+    mut rec: LogRecord,
+    entry: AuditEntry,
     statement: Option<String>,
     src: &Source,
-    raw: &str,
+    raw: String,
 ) -> AuditRow {
-    let mut extra = common_extra(rec, src);
-    extra.insert("audit_type".into(), entry.audit_type.clone());
-    extra.insert("statement_id".into(), entry.statement_id.to_string());
-    extra.insert("substatement_id".into(), entry.substatement_id.to_string());
+    let mut extra = common_extra(&mut rec, src, 8);
+    extra.insert(Key::AuditType, entry.audit_type);
+    extra.insert(Key::StatementId, entry.statement_id);
+    extra.insert(Key::SubstatementId, entry.substatement_id);
     match &entry.parameters {
-        Parameters::Values(v) => {
-            extra.insert("parameters".into(), v.join(","));
-        }
-        Parameters::NotLogged => {
-            extra.insert("parameters".into(), "<not logged>".into());
-        }
-        Parameters::PreviouslyLogged => {
-            extra.insert("parameters".into(), "<previously logged>".into());
-        }
+        Parameters::Values(v) => extra.insert(Key::Parameters, v.join(",")),
+        Parameters::NotLogged => extra.insert(Key::Parameters, "<not logged>"),
+        Parameters::PreviouslyLogged => extra.insert(Key::Parameters, "<previously logged>"),
         Parameters::None => {}
     }
     if let Some(rows) = entry.rows {
-        extra.insert("rows".into(), rows.to_string());
+        extra.insert(Key::Rows, rows);
     }
     if entry.statement == Statement::NotLogged {
-        extra.insert("statement_logged".into(), "false".into());
+        extra.insert(Key::StatementLogged, "false");
     }
     if let Some(s) = &statement {
-        extra.insert("statement_fingerprint".into(), statement_fingerprint(s));
+        extra.insert(Key::StatementFingerprint, statement_fingerprint(s));
     }
     AuditRow {
-        command_tag: entry.command.clone(),
-        object_type: entry.object_type.clone(),
-        object_name: entry.object_name.clone(),
+        command_tag: entry.command,
+        object_type: entry.object_type,
+        object_name: entry.object_name,
         statement,
-        audit_class: entry.class.clone(),
-        ..base_row(rec, src, raw, extra)
+        audit_class: entry.class,
+        ..base_row(&mut rec, src, raw, extra)
     }
 }
 
 /// The row of a failed statement pgaudit never logged, from its ERROR/FATAL record.
 pub fn unaudited_failure_row(
-    rec: &LogRecord,
+    mut rec: LogRecord,
     statement: &str,
     src: &Source,
-    raw: &str,
+    raw: String,
 ) -> AuditRow {
     let statement = normalize_statement(statement);
     let (class, command) = classify(&statement);
-    let mut extra = common_extra(rec, src);
-    extra.insert("audit_logged".into(), "false".into());
-    extra.insert("error_message".into(), rec.message.clone());
-    extra.insert(
-        "statement_fingerprint".into(),
-        statement_fingerprint(&statement),
-    );
+    let mut extra = common_extra(&mut rec, src, 3);
+    extra.insert(Key::AuditLogged, "false");
+    extra.insert(Key::StatementFingerprint, statement_fingerprint(&statement));
+    extra.insert(Key::ErrorMessage, std::mem::take(&mut rec.message));
     AuditRow {
         command_tag: command,
         statement: Some(statement),
         audit_class: class.to_owned(),
         result: Outcome::Failure,
-        error_code: rec.sql_state.clone(),
-        ..base_row(rec, src, raw, extra)
+        error_code: rec.sql_state.take(),
+        ..base_row(&mut rec, src, raw, extra)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Ids and fingerprints in existing tables must not change: the allocation-free
+        /// versions agree with the original `format!` formulas.
+        #[test]
+        fn ids_and_fingerprints_keep_their_original_formulas(
+            server in "\\PC{0,12}", file_id in "\\PC{0,24}", offset in any::<i64>(),
+            stmt in prop_oneof!["\\PC{0,40}", "[ \t\n\x0B\x0C\r\x1cA-Za-z0-9;ΣÉé]{0,40}", "[ \t\nA-Z;]{0,40}"],
+        ) {
+            let src = Source {
+                server: server.clone(),
+                host: "h".into(),
+                format: LogFormat::Csvlog,
+                path: "/p".into(),
+                file_id: file_id.clone(),
+                offset,
+                origin: 0,
+            };
+            let key = format!("{server}\u{1f}{file_id}\u{1f}{offset}");
+            prop_assert_eq!(
+                src.event_id(),
+                format!("{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+            );
+            let folded = stmt.split_whitespace().map(str::to_lowercase).collect::<Vec<_>>().join(" ");
+            prop_assert_eq!(
+                statement_fingerprint(&stmt),
+                format!("{:016x}", xxhash_rust::xxh3::xxh3_64(folded.as_bytes()))
+            );
+        }
     }
 }

@@ -68,7 +68,7 @@ pub struct RunArgs {
     /// Commit after this many rows are buffered for a table.
     #[arg(long)]
     pub flush_rows: Option<usize>,
-    /// Commit after this many record bytes are buffered for a table.
+    /// Commit when a table's buffered rows hold this many bytes (Arrow buffers).
     #[arg(long)]
     pub flush_bytes: Option<usize>,
     /// Commit at least this often while records arrive (e.g. `10s`).
@@ -153,8 +153,9 @@ pub struct Config {
     pub dead_letter_topic: String,
     /// Rows buffered per table before a commit. Default 100000.
     pub flush_rows: usize,
-    /// Approximate memory of the rows buffered per table (and their Arrow copy while they
-    /// are written) before a commit, in bytes. Default 67108864 (64 MiB).
+    /// Memory of the rows buffered per table before a commit, in bytes: their Arrow buffers
+    /// (the batch being filled counted twice for its builders' growth). Default 67108864
+    /// (64 MiB).
     pub flush_bytes: usize,
     /// Milliseconds between commits while records arrive. Default 10000.
     pub flush_interval_ms: u64,

@@ -2,20 +2,16 @@
 //! `txn` action per Kafka topic-partition, and reading those versions back.
 //!
 //! Owns [`arrow_schema`] (the standard audit schema, columns in their fixed order, `ingest_date`
-//! the partition column), [`LakeRow`], [`to_batch`] and [`AuditTable`]. Invariants: a commit
-//! and the Kafka offsets it covers are one atomic Delta version (the `txn` actions are in the
-//! same commit as the data files); [`AuditTable::txn_version`] is the only source of truth for
+//! the partition column), [`LakeRow`] and [`AuditTable`]; rows become Arrow batches in `batch`.
+//! Invariants: a commit and the Kafka offsets it covers are one atomic Delta version (the `txn`
+//! actions are in the same commit as the data files); [`AuditTable::txn_version`] is the only source of truth for
 //! where a partition resumes. Must not: talk to Kafka.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use deltalake::TableProperty;
-use deltalake::arrow::array::{
-    ArrayRef, Date32Array, Int32Array, Int64Array, MapBuilder, MapFieldNames, StringBuilder,
-    TimestampMicrosecondArray,
-};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -24,8 +20,12 @@ use deltalake::kernel::{StructType, Transaction};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
+mod batch;
+
 use crate::audit::AuditRow;
 use crate::error::ProcessorError;
+
+pub use batch::{BATCH_ROWS, RowBuffer, to_batch};
 
 /// The Arrow version the tables are written with (for readers such as tests).
 pub use deltalake::arrow;
@@ -102,93 +102,6 @@ pub fn arrow_schema() -> SchemaRef {
         Field::new("kafka_partition", DataType::Int32, true),
         Field::new("kafka_offset", DataType::Int64, true),
     ]))
-}
-
-fn days(d: DateTime<Utc>) -> i32 {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    (d.date_naive() - epoch).num_days() as i32
-}
-
-/// Rows → one Arrow batch of [`arrow_schema`].
-pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(
-    rows: &[R],
-) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-    let rows: Vec<&LakeRow> = rows.iter().map(|r| r.borrow()).collect();
-    // Borrowed, into builders sized up front: no per-row copies or buffer regrowth.
-    let text = |f: &dyn Fn(&LakeRow) -> Option<&str>| -> ArrayRef {
-        let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
-        let mut b = StringBuilder::with_capacity(rows.len(), bytes);
-        for r in &rows {
-            b.append_option(f(r));
-        }
-        Arc::new(b.finish())
-    };
-    // Delta's names for map entries.
-    let names = MapFieldNames {
-        entry: "key_value".into(),
-        key: "key".into(),
-        value: "value".into(),
-    };
-    let entries: usize = rows.iter().map(|r| r.row.extra.len()).sum();
-    let mut extra = MapBuilder::with_capacity(
-        Some(names),
-        StringBuilder::with_capacity(entries, entries * 12),
-        StringBuilder::with_capacity(entries, entries * 16),
-        rows.len(),
-    );
-    for r in &rows {
-        for (k, v) in &r.row.extra {
-            extra.keys().append_value(k);
-            extra.values().append_value(v);
-        }
-        extra.append(true)?;
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(
-            rows.iter()
-                .map(|r| r.row.event_time.map(|t| t.timestamp_micros()))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
-        text(&|r| r.row.db_name.as_deref()),
-        text(&|r| r.row.user_name.as_deref()),
-        text(&|r| r.row.client_addr.as_deref()),
-        text(&|r| r.row.session_id.as_deref()),
-        text(&|r| Some(&r.row.command_tag)),
-        text(&|r| r.row.object_type.as_deref()),
-        text(&|r| r.row.object_name.as_deref()),
-        text(&|r| r.row.statement.as_deref()),
-        text(&|r| Some(&r.row.audit_class)),
-        text(&|r| Some(r.row.result.as_str())),
-        text(&|r| r.row.error_code.as_deref()),
-        Arc::new(extra.finish()),
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(r.ingest_ts.timestamp_micros()))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
-        text(&|r| Some(&r.row.src)),
-        text(&|r| Some(&r.row.raw)),
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(days(r.ingest_ts)))
-                .collect::<Date32Array>(),
-        ),
-        text(&|r| Some(&r.row.event_id)),
-        text(&|r| Some(&r.kafka.topic)),
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(r.kafka.partition))
-                .collect::<Int32Array>(),
-        ),
-        Arc::new(
-            rows.iter()
-                .map(|r| Some(r.kafka.offset))
-                .collect::<Int64Array>(),
-        ),
-    ];
-    RecordBatch::try_new(arrow_schema(), columns)
 }
 
 /// The `txn` application id of a consumer group's topic-partition.

@@ -18,6 +18,7 @@
 //! Must not: do I/O (the caller writes rows and dead letters).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -92,9 +93,9 @@ pub struct Incoming<'a> {
     pub payload: &'a [u8],
 }
 
+/// A parsed record's coordinates (`source.origin` is its Kafka offset) and text.
 #[derive(Debug, Clone)]
 struct Tag {
-    offset: i64,
     source: Source,
     raw: String,
 }
@@ -118,12 +119,11 @@ pub struct Partition {
     pub committed: Option<i64>,
     replay_last: i64,
     replay_pending: HashSet<i64>,
-    dedup_base: HashMap<String, i64>,
-    dedup_now: HashMap<String, i64>,
-    dedup_log: VecDeque<(i64, String, i64)>,
+    dedup_base: HashMap<Arc<str>, i64>,
+    dedup_now: HashMap<Arc<str>, i64>,
+    dedup_log: VecDeque<(i64, Arc<str>, i64)>,
     assembler: StderrAssembler<Tag>,
     tracker: OutcomeTracker,
-    held: HashMap<String, i64>,
     pending: BTreeMap<i64, u32>,
     last: Option<i64>,
     last_activity: Instant,
@@ -144,7 +144,11 @@ impl Partition {
             last: committed.unwrap_or(-1),
             ..PartitionCheckpoint::default()
         });
-        let files: HashMap<String, i64> = cp.files.into_iter().collect();
+        let files: HashMap<Arc<str>, i64> = cp
+            .files
+            .into_iter()
+            .map(|(f, o)| (Arc::from(f), o))
+            .collect();
         Partition {
             topic: topic.to_owned(),
             partition,
@@ -156,7 +160,6 @@ impl Partition {
             dedup_log: VecDeque::new(),
             assembler: StderrAssembler::default(),
             tracker: OutcomeTracker::new(outcome_window),
-            held: HashMap::new(),
             pending: BTreeMap::new(),
             last: committed,
             last_activity: Instant::now(),
@@ -188,7 +191,7 @@ impl Partition {
 
     /// Rows held for their outcome.
     pub fn held(&self) -> usize {
-        self.held.len()
+        self.tracker.held()
     }
 
     /// Time since the last message.
@@ -236,16 +239,17 @@ impl Partition {
             }
         };
         let file = &rec.source.file_id;
-        if self
-            .dedup_now
-            .get(file)
-            .is_some_and(|&seen| seen >= rec.offset)
-        {
-            metrics.skipped("duplicate");
-            return;
-        }
-        self.dedup_now.insert(file.clone(), rec.offset);
-        self.dedup_log.push_back((offset, file.clone(), rec.offset));
+        // File ids are shared (`Arc`) between the map and the log: no copy per record.
+        let known = match self.dedup_now.get_key_value(file.as_str()) {
+            Some((_, &seen)) if seen >= rec.offset => {
+                metrics.skipped("duplicate");
+                return;
+            }
+            Some((known, _)) => Arc::clone(known),
+            None => Arc::from(file.as_str()),
+        };
+        self.dedup_now.insert(Arc::clone(&known), rec.offset);
+        self.dedup_log.push_back((offset, known, rec.offset));
         let format = rec.source.format;
         if !servers.accepts(&rec.source.server, format) {
             metrics.skipped("format_filtered");
@@ -269,7 +273,6 @@ impl Partition {
             }
         };
         let tag = Tag {
-            offset,
             source: Source {
                 server: rec.source.server,
                 host: rec.source.host,
@@ -277,8 +280,10 @@ impl Partition {
                 path: rec.source.source_path,
                 file_id: rec.source.file_id,
                 offset: rec.offset,
+                origin: offset,
             },
-            raw: String::from_utf8_lossy(&rec.data).into_owned(),
+            raw: String::from_utf8(rec.data)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         };
         if format == LogFormat::Stderr {
             if let Some(t) = log.log_time {
@@ -291,35 +296,36 @@ impl Partition {
             }
             // Lines of a stderr record span messages: dead letters carry the record's text.
             for (log, tag) in done {
-                self.remove_pending(tag.offset);
-                self.track(&log, tag, None, &[], metrics, out);
+                self.remove_pending(tag.source.origin);
+                self.track(log, tag, None, &[], metrics, out);
             }
         } else {
-            self.track(&log, tag, key, payload, metrics, out);
+            self.track(log, tag, key, payload, metrics, out);
         }
     }
 
     fn track(
         &mut self,
-        log: &LogRecord,
-        tag: Tag,
+        log: LogRecord,
+        mut tag: Tag,
         key: Option<&[u8]>,
         payload: &[u8],
         metrics: &Metrics,
         out: &mut Outputs,
     ) {
         let mut released = Vec::new();
-        let disposition = self.tracker.push(log, &tag.source, &tag.raw, &mut released);
+        let offset = tag.source.origin;
+        let disposition = self
+            .tracker
+            .push(log, &tag.source, &mut tag.raw, &mut released);
         match disposition {
-            Disposition::Held => {
-                self.held.insert(tag.source.event_id(), tag.offset);
-                self.add_pending(tag.offset);
-            }
-            Disposition::Poison(reason) if self.emits(tag.offset) => {
+            // Every row emitted releases one pending count of its origin.
+            Disposition::Held | Disposition::UnauditedFailure => self.add_pending(offset),
+            Disposition::Poison(reason) if self.emits(offset) => {
                 out.dead.push(DeadLetter {
                     topic: self.topic.clone(),
                     partition: self.partition,
-                    offset: tag.offset,
+                    offset,
                     kind: "audit",
                     reason,
                     key: key.map(<[u8]>::to_vec),
@@ -332,20 +338,15 @@ impl Partition {
             }
             Disposition::Skipped => metrics.skipped("not_audit"),
             Disposition::LateOutcome => metrics.skipped("late_outcome"),
-            Disposition::UnauditedFailure | Disposition::Poison(_) => {}
+            Disposition::Poison(_) => {}
         }
-        self.emit(released, tag.offset, metrics, out);
+        self.emit(released, metrics, out);
     }
 
-    fn emit(&mut self, rows: Vec<AuditRow>, own: i64, metrics: &Metrics, out: &mut Outputs) {
+    fn emit(&mut self, rows: Vec<AuditRow>, metrics: &Metrics, out: &mut Outputs) {
         for row in rows {
-            let offset = match self.held.remove(&row.event_id) {
-                Some(o) => {
-                    self.remove_pending(o);
-                    o
-                }
-                None => own,
-            };
+            let offset = row.origin;
+            self.remove_pending(offset);
             if self.emits(offset) {
                 out.rows.push((row, offset));
             } else {
@@ -366,12 +367,12 @@ impl Partition {
     /// Releases every pending record (end of input).
     pub fn finish(&mut self, metrics: &Metrics, out: &mut Outputs) {
         for (log, tag) in self.assembler.finish() {
-            self.remove_pending(tag.offset);
-            self.track(&log, tag, None, &[], metrics, out);
+            self.remove_pending(tag.source.origin);
+            self.track(log, tag, None, &[], metrics, out);
         }
         let mut released = Vec::new();
         self.tracker.finish(&mut released);
-        self.emit(released, -1, metrics, out);
+        self.emit(released, metrics, out);
     }
 
     /// The offset every record up to which is fully handled (`None`: nothing consumed).
@@ -395,10 +396,10 @@ impl Partition {
             }
         }
         if self.dedup_base.len() > DEDUP_FILES {
-            let mut by_offset: Vec<(i64, String)> = self
+            let mut by_offset: Vec<(i64, Arc<str>)> = self
                 .dedup_base
                 .iter()
-                .map(|(f, o)| (*o, f.clone()))
+                .map(|(f, o)| (*o, Arc::clone(f)))
                 .collect();
             by_offset.sort();
             for (_, f) in by_offset.iter().take(self.dedup_base.len() - DEDUP_FILES) {
@@ -426,7 +427,7 @@ impl Partition {
             files: self
                 .dedup_base
                 .iter()
-                .map(|(f, o)| (f.clone(), *o))
+                .map(|(f, o)| (f.to_string(), *o))
                 .collect(),
         })
     }

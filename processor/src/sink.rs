@@ -14,16 +14,13 @@ use deltalake::arrow::record_batch::RecordBatch;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::delta::{AuditTable, LakeRow, app_id, to_batch};
+use crate::delta::{AuditTable, app_id};
 use crate::error::{ErrorClass, ProcessorError};
 use crate::partition::PartitionCheckpoint;
 use crate::telemetry::Metrics;
 
 /// Commits searched for a partition's checkpoint on assignment.
 const HISTORY_LIMIT: usize = 2000;
-
-/// Rows per Arrow batch handed to the Parquet writer.
-const BATCH_ROWS: usize = 8192;
 
 /// One partition's part of a commit.
 #[derive(Debug)]
@@ -33,7 +30,14 @@ pub struct PartitionCommit {
     /// The `txn` version this instance expects the table to hold now.
     pub expected: Option<i64>,
     /// The partition's rows.
-    pub rows: Vec<LakeRow>,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl PartitionCommit {
+    /// Rows in the commit.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
 }
 
 /// What a commit did.
@@ -125,16 +129,14 @@ impl TableSink {
         let started = Instant::now();
         let mut txns = BTreeMap::new();
         let mut checkpoints = Vec::new();
-        let mut rows: Vec<&LakeRow> = Vec::new();
+        let mut batches: Vec<RecordBatch> = Vec::new();
         for p in parts {
             let cp = &p.checkpoint;
             txns.insert(app_id(&self.group, &cp.topic, cp.partition), cp.version);
             checkpoints.push(cp);
-            rows.extend(p.rows.iter());
+            batches.extend(p.batches.iter().cloned());
         }
-        let batches = batches(&rows).map_err(|e| ProcessorError::Config {
-            reason: format!("rows do not fit the audit schema: {e}"),
-        })?;
+        let rows: usize = parts.iter().map(PartitionCommit::rows).sum();
         let metadata = json!({ "group": self.group, "partitions": checkpoints });
         let mut attempt = 0;
         loop {
@@ -171,7 +173,7 @@ impl TableSink {
                     metrics
                         .rows_written
                         .get_or_create(&label)
-                        .inc_by(rows.len() as u64);
+                        .inc_by(rows as u64);
                     metrics
                         .delta_version
                         .get_or_create(&label)
@@ -187,7 +189,7 @@ impl TableSink {
                     info!(
                         table = self.uri(),
                         version,
-                        rows = rows.len(),
+                        rows,
                         offsets = offsets.join(","),
                         "Committed Delta version."
                     );
@@ -222,8 +224,4 @@ fn failpoint_after_commit() {
         warn!(commit = n, "Failpoint abort_after_commit: aborting.");
         std::process::abort();
     }
-}
-
-fn batches(rows: &[&LakeRow]) -> Result<Vec<RecordBatch>, deltalake::arrow::error::ArrowError> {
-    rows.chunks(BATCH_ROWS).map(to_batch).collect()
 }

@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::delta::{KafkaCoords, LakeRow};
+use crate::delta::RowBuffer;
 use crate::dlq::DeadLetters;
 use crate::error::ProcessorError;
 use crate::parse::ServerFormat;
@@ -53,8 +53,7 @@ impl Servers for ServerCache {
 
 struct Assigned {
     partition: Partition,
-    rows: Vec<LakeRow>,
-    bytes: usize,
+    rows: RowBuffer,
     /// Resuming: the first offset wanted and how far back the next probe seeks. Some brokers
     /// (Tansu 0.6) answer a fetch from inside a record batch with the *next* batch: when the
     /// first message is past the resume offset, the partition is re-read from earlier (further
@@ -180,8 +179,7 @@ impl Worker {
                 (topic, p),
                 Assigned {
                     partition,
-                    rows: Vec::new(),
-                    bytes: 0,
+                    rows: RowBuffer::default(),
                     probe,
                     accepted_gap: None,
                 },
@@ -373,17 +371,11 @@ impl Worker {
                 .inc_by(failures);
         }
         for (row, offset) in out.rows {
-            // The row, and its copy in the Arrow batch while it is written.
-            a.bytes += 2 * row.approx_bytes();
-            a.rows.push(LakeRow {
-                row,
-                ingest_ts: now,
-                kafka: KafkaCoords {
-                    topic: topic.to_owned(),
-                    partition: a.partition.partition,
-                    offset,
-                },
-            });
+            a.rows
+                .push(&row, now, topic, a.partition.partition, offset)
+                .map_err(|e| ProcessorError::Config {
+                    reason: format!("rows do not fit the audit schema: {e}"),
+                })?;
         }
         Ok(())
     }
@@ -403,7 +395,7 @@ impl Worker {
         for ((topic, _), a) in &self.parts {
             let e = per_topic.entry(topic.as_str()).or_default();
             e.0 += a.rows.len();
-            e.1 += a.bytes;
+            e.1 += a.rows.bytes();
         }
         for (topic, (rows, bytes)) in per_topic {
             if interval_due || rows >= self.cfg.flush_rows || bytes >= self.cfg.flush_bytes {
@@ -489,11 +481,13 @@ impl Worker {
             if a.rows.is_empty() && Some(checkpoint.version) == a.partition.committed {
                 continue;
             }
-            a.bytes = 0;
+            let batches = a.rows.take().map_err(|e| ProcessorError::Config {
+                reason: format!("rows do not fit the audit schema: {e}"),
+            })?;
             commits.push(PartitionCommit {
                 checkpoint,
                 expected: a.partition.committed,
-                rows: std::mem::take(&mut a.rows),
+                batches,
             });
         }
         if commits.is_empty() {
@@ -518,7 +512,7 @@ impl Worker {
                             for c in commits {
                                 let key = (topic.to_owned(), c.checkpoint.partition);
                                 if let Some(a) = self.parts.get_mut(&key) {
-                                    a.rows.extend(c.rows);
+                                    a.rows.restore(c.batches);
                                 }
                             }
                             return Ok(());
@@ -550,7 +544,7 @@ impl Worker {
         self.metrics.last_commit_age_seconds.set(0.0);
         let mut tpl = TopicPartitionList::new();
         for c in &commits {
-            self.totals.rows += c.rows.len() as u64;
+            self.totals.rows += c.rows() as u64;
             let cp = &c.checkpoint;
             if let Some(a) = self.parts.get_mut(&(topic.to_owned(), cp.partition)) {
                 a.partition.committed = Some(cp.version);

@@ -30,8 +30,9 @@ fn rows(n: i64, partition: i32, first_offset: i64) -> Vec<LakeRow> {
             path: "/l/a.csv".into(),
             file_id: "f".into(),
             offset: first_offset + i,
+            origin: first_offset + i,
         };
-        tracker.push(&rec, &src, &line, &mut out);
+        tracker.push(rec, &src, &mut line.clone(), &mut out);
     }
     tracker.finish(&mut out);
     let ingest: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();

@@ -247,8 +247,10 @@ fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<Audit
                 path: r.path.clone(),
                 file_id: r.path.clone(),
                 offset: r.offset as i64,
+                origin: r.offset as i64,
             };
-            let d = tracker.push(&rec, &src, &String::from_utf8_lossy(&r.data), rows);
+            let mut raw = String::from_utf8_lossy(&r.data).into_owned();
+            let d = tracker.push(rec, &src, &mut raw, rows);
             assert!(!matches!(d, Disposition::Poison(_)), "{d:?}");
         };
     for r in &records {

@@ -10,6 +10,7 @@
 //! entry pushed is released exactly once; [`OutcomeTracker::held`] says how many are held, so
 //! the writer can keep Kafka offsets below the oldest held record. Must not: do I/O.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
@@ -39,7 +40,9 @@ struct Session {
     /// The last statement pgaudit logged in full (id, text): `<previously logged>` refers to
     /// the statement being run, never an older one.
     last_statement: Option<(i64, String)>,
-    released_vxids: VecDeque<String>,
+    /// xxh3 of the session's last released vxids (integers compare fast; a collision could
+    /// at worst count an unaudited failure as a late outcome, at odds of 2^-64).
+    released_vxids: VecDeque<u64>,
     /// Newest log time of the session's records.
     last_seen: Option<DateTime<Utc>>,
 }
@@ -47,19 +50,23 @@ struct Session {
 impl Session {
     fn release_all(&mut self, out: &mut Vec<AuditRow>) {
         while let Some(row) = self.held.pop_front() {
-            self.remember(row.vxid.clone());
+            self.remember(row.vxid.as_deref());
             out.push(row);
         }
     }
 
-    fn remember(&mut self, vxid: Option<String>) {
-        if let Some(v) = vxid
-            && !self.released_vxids.contains(&v)
-        {
-            self.released_vxids.push_back(v);
-            if self.released_vxids.len() > 64 {
-                self.released_vxids.pop_front();
-            }
+    /// Remembers a released transaction (the last 64 per session). Rows are released in
+    /// transaction order, so the newest entry is checked first: the common repeat is O(1).
+    fn remember(&mut self, vxid: Option<&str>) {
+        let Some(v) = vxid.map(vxid_hash) else {
+            return;
+        };
+        if self.released_vxids.back() == Some(&v) || self.released_vxids.contains(&v) {
+            return;
+        }
+        self.released_vxids.push_back(v);
+        if self.released_vxids.len() > 64 {
+            self.released_vxids.pop_front();
         }
     }
 }
@@ -74,14 +81,18 @@ pub struct OutcomeTracker {
     swept_at: Option<i64>,
 }
 
+fn vxid_hash(vxid: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(vxid.as_bytes())
+}
+
 /// How long a session without held rows is remembered after its last record (log time).
 const SESSION_MEMORY: Duration = Duration::hours(1);
 
-fn session_key(rec: &LogRecord) -> String {
+fn session_key(rec: &LogRecord) -> Cow<'_, str> {
     match (&rec.session_id, rec.process_id) {
-        (Some(s), _) => s.clone(),
-        (None, Some(pid)) => format!("pid:{pid}"),
-        (None, None) => String::new(),
+        (Some(s), _) => Cow::Borrowed(s),
+        (None, Some(pid)) => Cow::Owned(format!("pid:{pid}")),
+        (None, None) => Cow::Borrowed(""),
     }
 }
 
@@ -101,19 +112,23 @@ impl OutcomeTracker {
         self.sessions.values().map(|s| s.held.len()).sum()
     }
 
-    /// Adds one parsed record (in per-session order); appends released rows to `out`.
+    /// Adds one parsed record (in per-session order); appends released rows to `out`. A row
+    /// built from the record takes `raw` (left empty then); a poison record leaves it intact.
     pub fn push(
         &mut self,
-        rec: &LogRecord,
+        rec: LogRecord,
         src: &Source,
-        raw: &str,
+        raw: &mut String,
         out: &mut Vec<AuditRow>,
     ) -> Disposition {
         if let Some(t) = rec.log_time {
             self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
         }
-        let key = session_key(rec);
-        let session = self.sessions.entry(key.clone()).or_default();
+        let key = session_key(&rec);
+        let session = match self.sessions.get_mut(key.as_ref()) {
+            Some(s) => s,
+            None => self.sessions.entry(key.clone().into_owned()).or_default(),
+        };
         if rec.log_time.is_some() {
             session.last_seen = session.last_seen.max(rec.log_time);
         }
@@ -121,17 +136,18 @@ impl OutcomeTracker {
         // Rows of earlier transactions of this session are decided: no error followed them.
         while session.held.front().is_some_and(|r| !same_tx(r)) {
             if let Some(row) = session.held.pop_front() {
-                session.remember(row.vxid.clone());
+                session.remember(row.vxid.as_deref());
                 out.push(row);
             }
         }
         let disposition = match parse_audit(&rec.message) {
             Some(Err(reason)) => Disposition::Poison(reason),
-            Some(Ok(entry)) => {
-                let statement = match &entry.statement {
+            Some(Ok(mut entry)) => {
+                let statement = match &mut entry.statement {
                     Statement::Text(s) => {
+                        let s = std::mem::take(s);
                         session.last_statement = Some((entry.statement_id, s.clone()));
-                        Some(s.clone())
+                        Some(s)
                     }
                     Statement::PreviouslyLogged => session
                         .last_statement
@@ -140,9 +156,8 @@ impl OutcomeTracker {
                         .map(|(_, s)| s.clone()),
                     Statement::NotLogged => None,
                 };
-                session
-                    .held
-                    .push_back(audit_row(rec, &entry, statement, src, raw));
+                let row = audit_row(rec, entry, statement, src, std::mem::take(raw));
+                session.held.push_back(row);
                 Disposition::Held
             }
             None if matches!(rec.severity.as_str(), "ERROR" | "FATAL" | "PANIC") => {
@@ -151,28 +166,29 @@ impl OutcomeTracker {
                 for mut row in session.held.drain(..) {
                     covered |= failing.is_some() && row.statement == failing;
                     row.result = Outcome::Failure;
-                    row.error_code = rec.sql_state.clone();
+                    row.error_code.clone_from(&rec.sql_state);
                     out.push(row);
                 }
                 let late = rec
                     .vxid
-                    .as_ref()
-                    .is_some_and(|v| session.released_vxids.contains(v));
-                session.remember(rec.vxid.clone());
-                match (&rec.query, covered, late) {
+                    .as_deref()
+                    .is_some_and(|v| session.released_vxids.contains(&vxid_hash(v)));
+                session.remember(rec.vxid.as_deref());
+                match (rec.query.is_some(), covered, late) {
                     (_, true, _) => Disposition::Skipped,
                     (_, false, true) => Disposition::LateOutcome,
-                    (Some(q), false, false) => {
-                        out.push(unaudited_failure_row(rec, q, src, raw));
+                    (true, false, false) => {
+                        let query = rec.query.clone().unwrap_or_default();
+                        out.push(unaudited_failure_row(rec, &query, src, std::mem::take(raw)));
                         Disposition::UnauditedFailure
                     }
-                    (None, false, false) => Disposition::Skipped,
+                    (false, false, false) => Disposition::Skipped,
                 }
             }
             None => {
                 if rec.message.starts_with("disconnection:") {
                     session.release_all(out);
-                    self.sessions.remove(&key);
+                    self.sessions.remove(key.as_ref());
                 }
                 Disposition::Skipped
             }
@@ -198,7 +214,7 @@ impl OutcomeTracker {
                 .is_some_and(|r| r.event_time.is_none_or(|t| t < cutoff))
             {
                 if let Some(row) = s.held.pop_front() {
-                    s.remember(row.vxid.clone());
+                    s.remember(row.vxid.as_deref());
                     out.push(row);
                 }
             }
@@ -252,6 +268,7 @@ mod tests {
             path: "/l".into(),
             file_id: "f".into(),
             offset,
+            origin: offset,
         }
     }
 
@@ -260,7 +277,7 @@ mod tests {
         let mut t = OutcomeTracker::new(std::time::Duration::from_secs(60));
         let mut out = Vec::new();
         t.push(
-            &rec(
+            rec(
                 1,
                 "4/1",
                 "LOG",
@@ -269,11 +286,11 @@ mod tests {
                 "00000",
             ),
             &src(0),
-            "",
+            &mut String::new(),
             &mut out,
         );
         t.push(
-            &rec(
+            rec(
                 1,
                 "4/1",
                 "LOG",
@@ -282,12 +299,12 @@ mod tests {
                 "00000",
             ),
             &src(1),
-            "",
+            &mut String::new(),
             &mut out,
         );
         assert_eq!(t.held(), 2);
         let d = t.push(
-            &rec(
+            rec(
                 1,
                 "4/1",
                 "ERROR",
@@ -296,7 +313,7 @@ mod tests {
                 "22012",
             ),
             &src(2),
-            "",
+            &mut String::new(),
             &mut out,
         );
         assert_eq!(
@@ -311,7 +328,7 @@ mod tests {
         );
         // A later statement in another transaction succeeds when the session moves on.
         t.push(
-            &rec(
+            rec(
                 2,
                 "4/2",
                 "LOG",
@@ -320,11 +337,11 @@ mod tests {
                 "00000",
             ),
             &src(3),
-            "",
+            &mut String::new(),
             &mut out,
         );
         t.push(
-            &rec(
+            rec(
                 2,
                 "4/3",
                 "LOG",
@@ -333,7 +350,7 @@ mod tests {
                 "00000",
             ),
             &src(4),
-            "",
+            &mut String::new(),
             &mut out,
         );
         assert_eq!(out[2].result, Outcome::Success);
@@ -350,7 +367,7 @@ mod tests {
         let mut t = OutcomeTracker::new(std::time::Duration::from_secs(5));
         let mut out = Vec::new();
         let d = t.push(
-            &rec(
+            rec(
                 1,
                 "4/9",
                 "ERROR",
@@ -359,20 +376,20 @@ mod tests {
                 "42601",
             ),
             &src(0),
-            "",
+            &mut String::new(),
             &mut out,
         );
         assert_eq!(d, Disposition::UnauditedFailure);
         assert_eq!(
             (
                 out[0].audit_class.as_str(),
-                out[0].extra.get("audit_logged").map(String::as_str)
+                out[0].extra.get("audit_logged").as_deref()
             ),
             ("UNKNOWN", Some("false"))
         );
         out.clear();
         t.push(
-            &rec(
+            rec(
                 10,
                 "4/10",
                 "LOG",
@@ -381,17 +398,17 @@ mod tests {
                 "00000",
             ),
             &src(1),
-            "",
+            &mut String::new(),
             &mut out,
         );
         // Another session's records advance log time past the window: released as SUCCESS.
         let mut other = rec(16, "5/1", "LOG", "connection received", None, "00000");
         other.session_id = Some("s2".into());
-        t.push(&other, &src(2), "", &mut out);
+        t.push(other, &src(2), &mut String::new(), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].result, Outcome::Success);
         let d = t.push(
-            &rec(
+            rec(
                 17,
                 "4/10",
                 "ERROR",
@@ -400,15 +417,15 @@ mod tests {
                 "57014",
             ),
             &src(3),
-            "",
+            &mut String::new(),
             &mut out,
         );
         assert_eq!(d, Disposition::LateOutcome);
         assert_eq!(out.len(), 1, "a late error adds no row");
         let d = t.push(
-            &rec(17, "4/11", "LOG", "AUDIT: SESSION,x", None, "00000"),
+            rec(17, "4/11", "LOG", "AUDIT: SESSION,x", None, "00000"),
             &src(4),
-            "",
+            &mut String::new(),
             &mut out,
         );
         assert!(matches!(d, Disposition::Poison(_)));
