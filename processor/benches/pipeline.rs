@@ -66,10 +66,10 @@ fn pipeline(
     decoder: &Decoder,
     servers: &mut OneServer,
     metrics: &Metrics,
+    rows: &mut RowBuffer,
 ) -> usize {
     const TOPIC: &str = "pgaudit.raw.bench";
     let mut part = Partition::new(TOPIC, 0, None, None, Duration::from_secs(60));
-    let mut rows = RowBuffer::default();
     let mut written = 0;
     let now = Utc::now();
     let mut flush = |rows: &mut RowBuffer, force: bool| {
@@ -101,13 +101,13 @@ fn pipeline(
             metrics,
             &mut out,
         );
-        take(out, &mut rows);
-        flush(&mut rows, false);
+        take(out, rows);
+        flush(rows, false);
     }
     let mut out = Outputs::default();
     part.finish(metrics, &mut out);
-    take(out, &mut rows);
-    flush(&mut rows, true);
+    take(out, rows);
+    flush(rows, true);
     written
 }
 
@@ -120,7 +120,13 @@ fn bench(c: &mut Criterion) {
         if msgs.is_empty() {
             continue;
         }
-        let rows = pipeline(&msgs, &decoder, &mut servers, &metrics);
+        let rows = pipeline(
+            &msgs,
+            &decoder,
+            &mut servers,
+            &metrics,
+            &mut RowBuffer::default(),
+        );
         assert!(rows > 0, "{format}: no rows from {} records", msgs.len());
         eprintln!("{format}: {} records → {rows} rows", msgs.len());
         let mut g = c.benchmark_group(format!("pipeline_{format}"));
@@ -128,7 +134,11 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("records", "decode_parse_arrow"),
             &msgs,
-            |b, msgs| b.iter(|| pipeline(msgs, &decoder, &mut servers, &metrics)),
+            |b, msgs| {
+                // One buffer for the run, as a partition keeps its own while assigned.
+                let mut rows = RowBuffer::default();
+                b.iter(|| pipeline(msgs, &decoder, &mut servers, &metrics, &mut rows))
+            },
         );
         g.bench_with_input(
             BenchmarkId::new("records", "baseline_decode_only"),

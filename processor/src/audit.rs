@@ -74,13 +74,16 @@ impl Source {
 /// machinery.
 fn hex(v: u128, digits: usize) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 32];
-    let digits = digits.min(32);
-    for (i, b) in buf[..digits].iter_mut().rev().enumerate() {
-        *b = DIGITS[((v >> (4 * i)) & 0xf) as usize];
+    let bytes = v.to_be_bytes();
+    let mut out = Vec::with_capacity(32);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0xf)]);
     }
+    let digits = digits.min(32);
+    out.drain(..32 - digits);
     // Only ASCII hex digits were written.
-    String::from_utf8(buf[..digits].to_vec()).unwrap_or_default()
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// SUCCESS or FAILURE.

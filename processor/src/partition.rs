@@ -17,11 +17,12 @@
 //!
 //! Must not: do I/O (the caller writes rows and dead letters).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashSet};
 use pgtrail_avro::{LogFormat, RawRecord};
 use serde::{Deserialize, Serialize};
 

@@ -30,7 +30,7 @@ use crate::telemetry::{FormatLabel, Metrics};
 /// Parsing settings per server, compiled once.
 struct ServerCache {
     cfg: Config,
-    compiled: HashMap<String, Result<ServerFormat, String>>,
+    compiled: foldhash::HashMap<String, Result<ServerFormat, String>>,
 }
 
 impl Servers for ServerCache {
@@ -117,13 +117,13 @@ impl Worker {
         Worker {
             servers: ServerCache {
                 cfg: cfg.clone(),
-                compiled: HashMap::new(),
+                compiled: HashMap::default(),
             },
             cfg,
             rt,
             metrics,
             decoder,
-            sinks: HashMap::new(),
+            sinks: HashMap::default(),
             parts: BTreeMap::new(),
             dlq,
             last_commit: Instant::now(),

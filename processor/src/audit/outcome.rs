@@ -11,9 +11,10 @@
 //! the writer can keep Kafka offsets below the oldest held record. Must not: do I/O.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
+use foldhash::HashMap;
 
 use super::{AuditRow, Outcome, Source, audit_row, unaudited_failure_row};
 use crate::parse::LogRecord;
@@ -101,7 +102,7 @@ impl OutcomeTracker {
     pub fn new(window: std::time::Duration) -> Self {
         OutcomeTracker {
             window: Duration::from_std(window).unwrap_or(Duration::MAX),
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
             watermark: None,
             swept_at: None,
         }

@@ -283,9 +283,12 @@ impl RowBuffer {
 
     fn seal(&mut self) -> Result<(), ArrowError> {
         if let Some(mut b) = self.open.take() {
-            // A busy partition gets full-size builders (no regrowth copies), a quiet one small.
-            self.next_rows = b.rows.next_power_of_two().min(BATCH_ROWS);
-            self.sizes = Some(b.sizes());
+            // A busy partition gets full-size builders (no regrowth copies), a quiet one small:
+            // a commit cutting a batch short halves the size at most.
+            self.next_rows = (b.rows.next_power_of_two().max(self.next_rows / 2)).min(BATCH_ROWS);
+            if b.rows >= FIRST_ROWS || self.sizes.is_none() {
+                self.sizes = Some(b.sizes());
+            }
             let batch = b.finish()?;
             self.done_rows += batch.num_rows();
             self.done_bytes += batch.get_array_memory_size();
