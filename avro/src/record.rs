@@ -51,6 +51,15 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
+    /// The name (`csvlog`, `jsonlog`, `stderr`): PostgreSQL's `log_destination` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Csvlog => "csvlog",
+            LogFormat::Jsonlog => "jsonlog",
+            LogFormat::Stderr => "stderr",
+        }
+    }
+
     /// All formats, in the order of the Avro enum symbols.
     pub const ALL: [LogFormat; 3] = [LogFormat::Csvlog, LogFormat::Jsonlog, LogFormat::Stderr];
 
@@ -90,11 +99,7 @@ impl LogFormat {
 
 impl std::fmt::Display for LogFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            LogFormat::Csvlog => "csvlog",
-            LogFormat::Jsonlog => "jsonlog",
-            LogFormat::Stderr => "stderr",
-        })
+        f.write_str(self.as_str())
     }
 }
 

@@ -142,7 +142,11 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         .set("fetch.wait.max.ms", "100")
         // Prefetched messages wait in librdkafka's queue; the processor is slower than the
         // fetcher, so the default 64 MiB would fill up and count against the memory budget.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // ... and with a full queue librdkafka postpones the partition's next fetch by this
+        // much: its default (1 s) starved the processor once it had drained 16 MiB (measured:
+        // a bare consumer read 82k messages/s with 1 s, 440k/s with the default queue size).
+        .set("fetch.queue.backoff.ms", "20");
     for (k, v) in &cfg.kafka {
         c.set(k, v);
     }

@@ -190,6 +190,7 @@ impl TableSink {
                         table = self.uri(),
                         version,
                         rows,
+                        duration_ms = started.elapsed().as_millis() as u64,
                         offsets = offsets.join(","),
                         "Committed Delta version."
                     );

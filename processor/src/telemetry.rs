@@ -88,11 +88,34 @@ pub struct Metrics {
     pub partitions_fenced: Counter,
     /// Seconds since the last successful Delta commit.
     pub last_commit_age_seconds: Gauge<f64, AtomicU64>,
+    /// Handles of the per-record counters (`records_skipped` by reason, `records_consumed`
+    /// by format), made once: a family lookup per record cost a lock, a hash and a label
+    /// string.
+    hot: Arc<Hot>,
 }
+
+/// See [`Metrics::hot`]: the same counters as in the families.
+#[derive(Debug)]
+struct Hot {
+    skipped: Vec<(&'static str, Counter)>,
+    consumed: Vec<(&'static str, Counter)>,
+}
+
+/// The reasons [`Metrics::skipped`] is called with.
+const SKIP_REASONS: [&str; 5] = [
+    "not_audit",
+    "duplicate",
+    "format_filtered",
+    "late_outcome",
+    "replayed",
+];
+
+/// The formats [`Metrics::consumed`] is called with.
+const FORMATS: [&str; 4] = ["csvlog", "jsonlog", "stderr", "unknown"];
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let mut m = Metrics {
             records_consumed: Family::default(),
             records_skipped: Family::default(),
             records_dead_lettered: Family::default(),
@@ -109,7 +132,28 @@ impl Default for Metrics {
             rebalances: Family::default(),
             partitions_fenced: Counter::default(),
             last_commit_age_seconds: Gauge::default(),
-        }
+            hot: Arc::new(Hot {
+                skipped: Vec::new(),
+                consumed: Vec::new(),
+            }),
+        };
+        let reason = |r: &str| ReasonLabel {
+            reason: r.to_owned(),
+        };
+        let format = |f: &str| FormatLabel {
+            format: f.to_owned(),
+        };
+        m.hot = Arc::new(Hot {
+            skipped: SKIP_REASONS
+                .iter()
+                .map(|r| (*r, m.records_skipped.get_or_create(&reason(r)).clone()))
+                .collect(),
+            consumed: FORMATS
+                .iter()
+                .map(|f| (*f, m.records_consumed.get_or_create(&format(f)).clone()))
+                .collect(),
+        });
+        m
     }
 }
 
@@ -193,11 +237,34 @@ impl Metrics {
 
     /// Counts a skipped record.
     pub fn skipped(&self, reason: &str) {
-        self.records_skipped
-            .get_or_create(&ReasonLabel {
-                reason: reason.to_owned(),
-            })
-            .inc();
+        match self.hot.skipped.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.records_skipped
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.to_owned(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    /// Counts a consumed record of `format` (`csvlog`, `jsonlog`, `stderr`, `unknown`).
+    pub fn consumed(&self, format: &str) {
+        match self.hot.consumed.iter().find(|(f, _)| *f == format) {
+            Some((_, c)) => {
+                c.inc();
+            }
+            None => {
+                self.records_consumed
+                    .get_or_create(&FormatLabel {
+                        format: format.to_owned(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     /// The label of a table URI.
@@ -253,4 +320,32 @@ pub async fn serve(
             .await;
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_handles_count_in_the_registered_families() {
+        let m = Metrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        m.skipped("not_audit");
+        m.skipped("not_audit");
+        m.skipped("something_new");
+        m.consumed("csvlog");
+        m.consumed("unknown");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        for line in [
+            "pgtrail_processor_records_skipped_total{reason=\"not_audit\"} 2",
+            "pgtrail_processor_records_skipped_total{reason=\"something_new\"} 1",
+            "pgtrail_processor_records_skipped_total{reason=\"duplicate\"} 0",
+            "pgtrail_processor_records_consumed_total{format=\"csvlog\"} 1",
+            "pgtrail_processor_records_consumed_total{format=\"unknown\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
 }

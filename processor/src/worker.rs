@@ -25,7 +25,7 @@ use crate::error::ProcessorError;
 use crate::parse::ServerFormat;
 use crate::partition::{Incoming, Outputs, Partition, Servers};
 use crate::sink::{CommitResult, PartitionCommit, TableSink};
-use crate::telemetry::{FormatLabel, Metrics};
+use crate::telemetry::Metrics;
 
 /// Parsing settings per server, compiled once.
 struct ServerCache {
@@ -318,13 +318,10 @@ impl Worker {
                 .decode_single_object(payload)
                 .map_err(|e| e.to_string())
         };
-        let format = decoded
-            .as_ref()
-            .map_or("unknown".to_owned(), |r| r.source.format.to_string());
-        self.metrics
-            .records_consumed
-            .get_or_create(&FormatLabel { format })
-            .inc();
+        match &decoded {
+            Ok(r) => self.metrics.consumed(r.source.format.as_str()),
+            Err(_) => self.metrics.consumed("unknown"),
+        }
         let mut out = Outputs::default();
         a.partition.push(
             Incoming {
