@@ -47,10 +47,11 @@ impl Drop for CsvRow {
     fn drop(&mut self) {
         let text = std::mem::take(&mut self.text).into_bytes();
         let ends = std::mem::take(&mut self.ends);
-        // Keep the larger buffers; `try_with` because a thread may be exiting.
+        // Keep the larger buffers, up to a bound (one huge record must not pin its size);
+        // `try_with` because a thread may be exiting.
         let _ = SPARE.try_with(|s| {
             let mut s = s.borrow_mut();
-            if text.capacity() > s.0.capacity() {
+            if text.capacity() > s.0.capacity() && text.capacity() <= SPARE_MAX {
                 s.0 = text;
             }
             if ends.capacity() > s.1.capacity() {
@@ -59,6 +60,9 @@ impl Drop for CsvRow {
         });
     }
 }
+
+/// Largest text buffer kept for reuse, in bytes.
+const SPARE_MAX: usize = 1 << 20;
 
 thread_local! {
     static READER: RefCell<Reader> = RefCell::new(Reader::new());
