@@ -101,6 +101,24 @@ struct Hot {
     consumed: Vec<(&'static str, Counter)>,
 }
 
+/// Increments `family`'s counter for `value`: through its cached handle in `hot` when there
+/// is one, else by a lookup with the label `label(value)`.
+fn hot_inc<L: Clone + std::hash::Hash + Eq>(
+    hot: &[(&'static str, Counter)],
+    family: &Family<L, Counter>,
+    value: &str,
+    label: impl FnOnce(String) -> L,
+) {
+    match hot.iter().find(|(v, _)| *v == value) {
+        Some((_, c)) => {
+            c.inc();
+        }
+        None => {
+            family.get_or_create(&label(value.to_owned())).inc();
+        }
+    }
+}
+
 /// The reasons [`Metrics::skipped`] is called with.
 const SKIP_REASONS: [&str; 5] = [
     "not_audit",
@@ -237,34 +255,19 @@ impl Metrics {
 
     /// Counts a skipped record.
     pub fn skipped(&self, reason: &str) {
-        match self.hot.skipped.iter().find(|(r, _)| *r == reason) {
-            Some((_, c)) => {
-                c.inc();
-            }
-            None => {
-                self.records_skipped
-                    .get_or_create(&ReasonLabel {
-                        reason: reason.to_owned(),
-                    })
-                    .inc();
-            }
-        }
+        hot_inc(&self.hot.skipped, &self.records_skipped, reason, |reason| {
+            ReasonLabel { reason }
+        });
     }
 
     /// Counts a consumed record of `format` (`csvlog`, `jsonlog`, `stderr`, `unknown`).
     pub fn consumed(&self, format: &str) {
-        match self.hot.consumed.iter().find(|(f, _)| *f == format) {
-            Some((_, c)) => {
-                c.inc();
-            }
-            None => {
-                self.records_consumed
-                    .get_or_create(&FormatLabel {
-                        format: format.to_owned(),
-                    })
-                    .inc();
-            }
-        }
+        hot_inc(
+            &self.hot.consumed,
+            &self.records_consumed,
+            format,
+            |format| FormatLabel { format },
+        );
     }
 
     /// The label of a table URI.

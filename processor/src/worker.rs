@@ -51,6 +51,13 @@ impl Servers for ServerCache {
     }
 }
 
+/// Rows that Arrow rejects: the code and the schema disagree (fatal, never a record's fault).
+fn schema_err(e: deltalake::arrow::error::ArrowError) -> ProcessorError {
+    ProcessorError::Config {
+        reason: format!("rows do not fit the audit schema: {e}"),
+    }
+}
+
 struct Assigned {
     partition: Partition,
     rows: RowBuffer,
@@ -370,9 +377,7 @@ impl Worker {
         for (row, offset) in out.rows {
             a.rows
                 .push(&row, now, topic, a.partition.partition, offset)
-                .map_err(|e| ProcessorError::Config {
-                    reason: format!("rows do not fit the audit schema: {e}"),
-                })?;
+                .map_err(schema_err)?;
         }
         Ok(())
     }
@@ -478,9 +483,7 @@ impl Worker {
             if a.rows.is_empty() && Some(checkpoint.version) == a.partition.committed {
                 continue;
             }
-            let batches = a.rows.take().map_err(|e| ProcessorError::Config {
-                reason: format!("rows do not fit the audit schema: {e}"),
-            })?;
+            let batches = a.rows.take().map_err(schema_err)?;
             commits.push(PartitionCommit {
                 checkpoint,
                 expected: a.partition.committed,

@@ -184,13 +184,6 @@ impl Extra {
             f(k.as_str(), v.as_str(&mut buf));
         }
     }
-
-    /// Bytes of all names and texts.
-    pub fn text_len(&self) -> usize {
-        let mut n = 0;
-        self.for_each(|k, v| n += k.len() + v.len());
-        n
-    }
 }
 
 impl Serialize for Extra {

@@ -117,7 +117,7 @@ impl OutcomeTracker {
     /// built from the record takes `raw` (left empty then); a poison record leaves it intact.
     pub fn push(
         &mut self,
-        rec: LogRecord,
+        mut rec: LogRecord,
         src: &Source,
         raw: &mut String,
         out: &mut Vec<AuditRow>,
@@ -179,7 +179,7 @@ impl OutcomeTracker {
                     (_, true, _) => Disposition::Skipped,
                     (_, false, true) => Disposition::LateOutcome,
                     (true, false, false) => {
-                        let query = rec.query.clone().unwrap_or_default();
+                        let query = rec.query.take().unwrap_or_default();
                         out.push(unaudited_failure_row(rec, &query, src, std::mem::take(raw)));
                         Disposition::UnauditedFailure
                     }

@@ -94,6 +94,10 @@ struct Builders {
     kafka_partition: Int32Builder,
     kafka_offset: Int64Builder,
     rows: usize,
+    /// Bytes of `extra`'s keys and values appended (the map builder shows them only `&mut`).
+    extra_bytes: usize,
+    /// `extra` entries appended.
+    entries: usize,
 }
 
 impl Builders {
@@ -120,6 +124,8 @@ impl Builders {
             kafka_partition: Int32Builder::with_capacity(rows),
             kafka_offset: Int64Builder::with_capacity(rows),
             rows: 0,
+            extra_bytes: 0,
+            entries: 0,
         }
     }
 
@@ -145,11 +151,13 @@ impl Builders {
         t[AUDIT_CLASS].append_value(&row.audit_class);
         t[RESULT].append_value(row.result.as_str());
         t[ERROR_CODE].append_option(row.error_code.as_deref());
-        let extra = &mut self.extra;
+        let (extra, extra_bytes) = (&mut self.extra, &mut self.extra_bytes);
         row.extra.for_each(|k, v| {
             extra.keys().append_value(k);
             extra.values().append_value(v);
+            *extra_bytes += k.len() + v.len();
         });
+        self.entries += row.extra.len();
         self.extra.append(true)?;
         self.ingest_ts.append_value(ingest_ts.timestamp_micros());
         t[SRC].append_value(&row.src);
@@ -171,49 +179,45 @@ impl Builders {
             text: std::array::from_fn(|i| per_row(self.text[i].values_slice().len())),
             keys: per_row(self.extra.keys().values_slice().len()),
             values: per_row(self.extra.values().values_slice().len()),
-            entries: per_row(self.extra.keys().offsets_slice().len().saturating_sub(1)),
+            entries: per_row(self.entries),
         }
     }
 
+    /// Bytes of what was appended: the strings, plus per row and per `extra` entry what Arrow
+    /// keeps beside them (offsets, validity, fixed-width columns).
+    fn content_bytes(&self) -> usize {
+        self.text
+            .iter()
+            .map(|b| b.values_slice().len())
+            .sum::<usize>()
+            + self.extra_bytes
+            + self.entries * ENTRY_OVERHEAD
+            + self.rows * ROW_OVERHEAD
+    }
+
     fn finish(mut self) -> Result<RecordBatch, ArrowError> {
-        // In index order (DB_NAME ... KAFKA_TOPIC).
-        let [
-            db_name,
-            user_name,
-            client_addr,
-            session_id,
-            command_tag,
-            object_type,
-            object_name,
-            statement,
-            audit_class,
-            result,
-            error_code,
-            src,
-            raw,
-            event_id,
-            kafka_topic,
-        ] = self.text.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let text = self.text.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let t = |i: usize| Arc::clone(&text[i]);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_time.finish()),
-            db_name,
-            user_name,
-            client_addr,
-            session_id,
-            command_tag,
-            object_type,
-            object_name,
-            statement,
-            audit_class,
-            result,
-            error_code,
+            t(DB_NAME),
+            t(USER_NAME),
+            t(CLIENT_ADDR),
+            t(SESSION_ID),
+            t(COMMAND_TAG),
+            t(OBJECT_TYPE),
+            t(OBJECT_NAME),
+            t(STATEMENT),
+            t(AUDIT_CLASS),
+            t(RESULT),
+            t(ERROR_CODE),
             Arc::new(self.extra.finish()),
             Arc::new(self.ingest_ts.finish()),
-            src,
-            raw,
+            t(SRC),
+            t(RAW),
             Arc::new(self.ingest_date.finish()),
-            event_id,
-            kafka_topic,
+            t(EVENT_ID),
+            t(KAFKA_TOPIC),
             Arc::new(self.kafka_partition.finish()),
             Arc::new(self.kafka_offset.finish()),
         ];
@@ -225,8 +229,6 @@ impl Builders {
 #[derive(Default)]
 pub struct RowBuffer {
     open: Option<Builders>,
-    /// Text bytes appended to `open`.
-    open_bytes: usize,
     done: Vec<RecordBatch>,
     done_rows: usize,
     done_bytes: usize,
@@ -263,7 +265,6 @@ impl RowBuffer {
             )),
         };
         b.push(row, ingest_ts, topic, partition, offset)?;
-        self.open_bytes += row_text_bytes(row) + topic.len() + ROW_OVERHEAD;
         if b.rows >= BATCH_ROWS {
             self.seal()?;
         }
@@ -294,7 +295,6 @@ impl RowBuffer {
             self.done_bytes += batch.get_array_memory_size();
             self.done.push(batch);
         }
-        self.open_bytes = 0;
         Ok(())
     }
 
@@ -311,7 +311,7 @@ impl RowBuffer {
     /// Memory held: finished batches as Arrow measures them, the open batch's content twice
     /// (its builders grow by doubling).
     pub fn bytes(&self) -> usize {
-        self.done_bytes + 2 * self.open_bytes
+        self.done_bytes + 2 * self.open.as_ref().map_or(0, Builders::content_bytes)
     }
 
     /// Every row held, as batches (empty when none); the buffer is empty afterwards.
@@ -333,26 +333,6 @@ impl RowBuffer {
         let newer = std::mem::replace(&mut self.done, batches);
         self.done.extend(newer);
     }
-}
-
-/// Text bytes of a row as the builders store it.
-fn row_text_bytes(row: &AuditRow) -> usize {
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    opt(&row.db_name)
-        + opt(&row.user_name)
-        + opt(&row.client_addr)
-        + opt(&row.session_id)
-        + opt(&row.object_type)
-        + opt(&row.object_name)
-        + opt(&row.statement)
-        + opt(&row.error_code)
-        + row.command_tag.len()
-        + row.audit_class.len()
-        + row.src.len()
-        + row.raw.len()
-        + row.event_id.len()
-        + row.extra.text_len()
-        + row.extra.len() * ENTRY_OVERHEAD
 }
 
 /// Rows → one Arrow batch of [`arrow_schema`] (any number of rows).
