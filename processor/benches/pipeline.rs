@@ -95,6 +95,7 @@ fn pipeline(
                 offset: offset as i64,
                 key: None,
                 payload: msg,
+                at: std::time::Instant::now(),
             },
             decoded,
             servers,

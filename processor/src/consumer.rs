@@ -79,7 +79,7 @@ impl ConsumerContext for Ctx {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.metrics.rebalances.get_or_create(&kind("assign")).inc();
-                if let Err(e) = w.assign(tpl) {
+                if let Err(e) = w.assign(tpl, consumer) {
                     error!(error = %e, "Cannot resume the assigned partitions.");
                     w.failed = Some(e);
                     return;
@@ -252,7 +252,9 @@ pub fn run(
                 .commit_all(Some(deadline), &consumer);
             break r;
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        let polled = consumer.poll(Duration::from_millis(100));
+        let now = Instant::now();
+        match polled {
             Some(Ok(m)) => {
                 let mut w = consumer.context().worker();
                 w.handle(
@@ -261,6 +263,7 @@ pub fn run(
                     m.offset(),
                     m.key(),
                     m.payload().unwrap_or(&[]),
+                    now,
                 )?;
                 for (topic, p, offset) in std::mem::take(&mut w.seeks) {
                     let to = rdkafka::Offset::Offset(offset);
@@ -272,10 +275,10 @@ pub fn run(
             Some(Err(e)) => warn!(error = %e, "Consumer error."),
             None => {}
         }
-        if last_tick.elapsed() < Duration::from_millis(200) {
+        if now.saturating_duration_since(last_tick) < Duration::from_millis(200) {
             continue;
         }
-        last_tick = Instant::now();
+        last_tick = now;
         metrics
             .last_commit_age_seconds
             .set(metrics.last_commit_age_seconds.get() + 0.2);
@@ -293,6 +296,7 @@ pub fn run(
                 rows = t.rows,
                 dead_letters = t.dead_letters,
                 commits = t.commits,
+                commit_wait_ms = t.commit_wait_ms,
                 partitions = w.assigned(),
                 messages_per_sec = ((t.messages - before.messages) as f64 / secs) as u64,
                 "Progress."

@@ -92,6 +92,8 @@ pub struct Incoming<'a> {
     pub key: Option<&'a [u8]>,
     /// Value.
     pub payload: &'a [u8],
+    /// When it was consumed (one clock read per message, shared by everything that needs it).
+    pub at: Instant,
 }
 
 /// A parsed record's coordinates (`source.origin` is its Kafka offset) and text.
@@ -218,9 +220,10 @@ impl Partition {
             offset,
             key,
             payload,
+            at,
         } = msg;
         self.last = Some(offset);
-        self.last_activity = Instant::now();
+        self.last_activity = at;
         let dead = |kind: &'static str, reason: String| DeadLetter {
             topic: self.topic.clone(),
             partition: self.partition,

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub partitions_fenced: Counter,
     /// Seconds since the last successful Delta commit.
     pub last_commit_age_seconds: Gauge<f64, AtomicU64>,
+    /// Seconds the consumer waited for a table's commit in flight (back-pressure from the
+    /// lake: high values mean commits are slower than parsing).
+    pub commit_wait_seconds: Counter<f64, AtomicU64>,
     /// Handles of the per-record counters (`records_skipped` by reason, `records_consumed`
     /// by format), made once: a family lookup per record cost a lock, a hash and a label
     /// string.
@@ -150,6 +153,7 @@ impl Default for Metrics {
             rebalances: Family::default(),
             partitions_fenced: Counter::default(),
             last_commit_age_seconds: Gauge::default(),
+            commit_wait_seconds: Counter::default(),
             hot: Arc::new(Hot {
                 skipped: Vec::new(),
                 consumed: Vec::new(),
@@ -250,6 +254,11 @@ impl Metrics {
             "last_commit_age_seconds",
             "Seconds since the last Delta commit",
             self.last_commit_age_seconds.clone(),
+        );
+        r.register(
+            "commit_wait_seconds",
+            "Seconds the consumer waited for a Delta commit in flight",
+            self.commit_wait_seconds.clone(),
         );
     }
 

@@ -2,18 +2,21 @@
 //! the dead-letter producer; message handling, assignment, revocation and commits.
 //!
 //! Owns [`Worker`]. Runs on the consumer's thread (blocking; Delta operations run on the tokio
-//! runtime through a handle). Invariants: a partition's rows are committed only with its
+//! runtime through a handle, a table's commit as a task beside parsing: `worker/commit.rs`).
+//! Invariants: a partition's rows are committed only with its
 //! checkpoint, in one Delta version, after the dead letters before them were acknowledged;
 //! a revoked partition is committed within the revocation deadline or dropped unwritten, and
 //! never written after; the Kafka offset commit (advisory) follows the Delta commit. Must
 //! not: poll the consumer (the loop in `consumer.rs` does, and rebalance callbacks call in).
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+mod commit;
 
-use chrono::Utc;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
 use pgtrail_avro::{Decoder, LogFormat, RawRecord};
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
@@ -24,7 +27,6 @@ use crate::dlq::DeadLetters;
 use crate::error::ProcessorError;
 use crate::parse::ServerFormat;
 use crate::partition::{Incoming, Outputs, Partition, Servers};
-use crate::sink::{CommitResult, PartitionCommit, TableSink};
 use crate::telemetry::Metrics;
 
 /// Parsing settings per server, compiled once.
@@ -89,6 +91,8 @@ pub struct Totals {
     pub dead_letters: u64,
     /// Delta commits.
     pub commits: u64,
+    /// Milliseconds the consumer waited for commits in flight.
+    pub commit_wait_ms: u64,
 }
 
 /// Everything the consumer thread owns besides the consumer.
@@ -98,10 +102,13 @@ pub struct Worker {
     metrics: Metrics,
     decoder: Decoder,
     servers: ServerCache,
-    sinks: HashMap<String, TableSink>,
+    tables: HashMap<String, commit::Table>,
     parts: BTreeMap<(String, i32), Assigned>,
     dlq: DeadLetters,
     last_commit: Instant,
+    /// A reading of both clocks, renewed every tick: rows' `ingest_ts` is derived from the
+    /// message's monotonic time (one clock read per message instead of three).
+    clock: (Instant, DateTime<Utc>),
     /// Last message or assignment change (for `exit_when_idle`).
     pub last_activity: Instant,
     /// Totals so far.
@@ -130,15 +137,22 @@ impl Worker {
             rt,
             metrics,
             decoder,
-            sinks: HashMap::default(),
+            tables: HashMap::default(),
             parts: BTreeMap::new(),
             dlq,
             last_commit: Instant::now(),
+            clock: (Instant::now(), Utc::now()),
             last_activity: Instant::now(),
             totals: Totals::default(),
             failed: None,
             seeks: Vec::new(),
         }
+    }
+
+    /// Wall-clock time of the monotonic instant `at` (at or after the last tick).
+    fn wall(&self, at: Instant) -> DateTime<Utc> {
+        let since = at.saturating_duration_since(self.clock.0);
+        self.clock.1 + chrono::TimeDelta::from_std(since).unwrap_or_default()
     }
 
     /// Partitions assigned.
@@ -147,28 +161,20 @@ impl Worker {
     }
 
     /// Sets up `tpl`'s partitions and writes into `tpl` where each resumes (from its table).
-    pub fn assign(&mut self, tpl: &mut TopicPartitionList) -> Result<(), ProcessorError> {
+    pub fn assign<C: Consumer<X>, X: ConsumerContext>(
+        &mut self,
+        tpl: &mut TopicPartitionList,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
         self.last_activity = Instant::now();
         let window = Config::ms(self.cfg.outcome_window_ms);
         for el in tpl.elements() {
             let (topic, p) = (el.topic().to_owned(), el.partition());
-            if !self.sinks.contains_key(&topic) {
-                let uri = self.cfg.table_for_topic(&topic);
-                let sink = self.rt.block_on(TableSink::open(
-                    &uri,
-                    &self.cfg.group,
-                    self.cfg.checkpoint_interval,
-                ))?;
-                info!(topic, table = uri, "Table ready.");
-                self.sinks.insert(topic.clone(), sink);
-            }
-            let sink = self
-                .sinks
-                .get_mut(&topic)
-                .ok_or_else(|| ProcessorError::Config {
-                    reason: format!("no table for {topic}"),
-                })?;
-            let (version, checkpoint) = self.rt.block_on(sink.resume(&topic, p))?;
+            // Resuming reads the table: no commit of ours may be running then.
+            self.settle(&topic, None, consumer)?;
+            let rt = self.rt.clone();
+            let sink = self.sink(&topic)?;
+            let (version, checkpoint) = rt.block_on(sink.resume(&topic, p))?;
             let partition = Partition::new(&topic, p, version, checkpoint, window);
             info!(
                 topic,
@@ -213,7 +219,7 @@ impl Worker {
 
     /// Revokes `tpl`'s partitions: commits them within the deadline unless `lost`, then
     /// forgets them.
-    pub fn revoke<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    pub fn revoke<C: Consumer<X>, X: ConsumerContext>(
         &mut self,
         tpl: &TopicPartitionList,
         lost: bool,
@@ -226,14 +232,19 @@ impl Worker {
             .map(|e| (e.topic().to_owned(), e.partition()))
             .filter(|k| self.parts.contains_key(k))
             .collect();
-        if !lost {
-            let deadline = Instant::now() + Config::ms(self.cfg.revoke_deadline_ms);
-            let topics: std::collections::BTreeSet<String> =
-                revoked.iter().map(|(t, _)| t.clone()).collect();
-            for topic in topics {
-                if let Err(e) = self.commit_topic(&topic, Some(deadline), consumer) {
-                    warn!(topic, error = %e, "Commit on revocation failed; the new owner re-consumes.");
-                }
+        let deadline = Instant::now() + Config::ms(self.cfg.revoke_deadline_ms);
+        let topics: std::collections::BTreeSet<String> =
+            revoked.iter().map(|(t, _)| t.clone()).collect();
+        for topic in topics {
+            // A commit in flight began while the partitions were ours: it is settled (or
+            // abandoned at the deadline) either way; a lost assignment starts no new one.
+            let r = if lost {
+                self.settle(&topic, Some(deadline), consumer).map(drop)
+            } else {
+                self.commit_topic(&topic, Some(deadline), true, consumer)
+            };
+            if let Err(e) = r {
+                warn!(topic, error = %e, "Commit on revocation failed; the new owner re-consumes.");
             }
         }
         for k in &revoked {
@@ -254,9 +265,11 @@ impl Worker {
         offset: i64,
         key: Option<&[u8]>,
         payload: &[u8],
+        now: Instant,
     ) -> Result<(), ProcessorError> {
-        self.last_activity = Instant::now();
+        self.last_activity = now;
         self.totals.messages += 1;
+        let wall = self.wall(now);
         let Some(a) = self.parts.get_mut(&(topic.to_owned(), partition)) else {
             return Ok(()); // Fenced or revoked: not ours.
         };
@@ -335,6 +348,7 @@ impl Worker {
                 offset,
                 key,
                 payload,
+                at: now,
             },
             decoded,
             &mut self.servers,
@@ -348,6 +362,7 @@ impl Worker {
             &mut self.dlq,
             &self.metrics,
             &mut self.totals,
+            wall,
         )
     }
 
@@ -358,6 +373,7 @@ impl Worker {
         dlq: &mut DeadLetters,
         metrics: &Metrics,
         totals: &mut Totals,
+        now: DateTime<Utc>,
     ) -> Result<(), ProcessorError> {
         for d in &out.dead {
             dlq.send(d, metrics)?;
@@ -366,7 +382,6 @@ impl Worker {
         if out.rows.is_empty() {
             return Ok(());
         }
-        let now = Utc::now();
         let failures = Partition::failures(&out.rows);
         if failures > 0 {
             metrics
@@ -384,10 +399,12 @@ impl Worker {
 
     /// Time-driven work: releases idle partitions' held rows and commits tables that reached
     /// a flush threshold (rows, bytes, interval).
-    pub fn tick<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    pub fn tick<C: Consumer<X>, X: ConsumerContext>(
         &mut self,
         consumer: &C,
     ) -> Result<(), ProcessorError> {
+        self.clock = (Instant::now(), Utc::now());
+        self.settle_finished(consumer)?;
         let window = Config::ms(self.cfg.outcome_window_ms);
         self.release_each(|p, metrics, out| p.release_idle(window, metrics, out))?;
         self.update_gauges();
@@ -405,7 +422,8 @@ impl Worker {
             }
         }
         for topic in due {
-            self.commit_topic(&topic, None, consumer)?;
+            // In the background: parsing goes on; the table's next commit waits for it.
+            self.commit_topic(&topic, None, false, consumer)?;
         }
         if interval_due {
             self.last_commit = Instant::now();
@@ -414,7 +432,7 @@ impl Worker {
     }
 
     /// Releases everything held (end of input) and commits every table.
-    pub fn finish_all<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
+    pub fn finish_all<C: Consumer<X>, X: ConsumerContext>(
         &mut self,
         consumer: &C,
     ) -> Result<(), ProcessorError> {
@@ -427,6 +445,7 @@ impl Worker {
         &mut self,
         release: impl Fn(&mut Partition, &Metrics, &mut Outputs),
     ) -> Result<(), ProcessorError> {
+        let now = Utc::now();
         for ((topic, _), a) in self.parts.iter_mut() {
             let mut out = Outputs::default();
             release(&mut a.partition, &self.metrics, &mut out);
@@ -437,21 +456,8 @@ impl Worker {
                 &mut self.dlq,
                 &self.metrics,
                 &mut self.totals,
+                now,
             )?;
-        }
-        Ok(())
-    }
-
-    /// Commits every table (what is held stays uncommitted and is re-consumed later).
-    pub fn commit_all<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
-        &mut self,
-        deadline: Option<Instant>,
-        consumer: &C,
-    ) -> Result<(), ProcessorError> {
-        let topics: std::collections::BTreeSet<String> =
-            self.parts.keys().map(|(t, _)| t.clone()).collect();
-        for topic in topics {
-            self.commit_topic(&topic, deadline, consumer)?;
         }
         Ok(())
     }
@@ -462,99 +468,5 @@ impl Worker {
         });
         self.metrics.rows_held.set(held as i64);
         self.metrics.rows_buffered.set(buffered as i64);
-    }
-
-    /// Commits `topic`'s partitions (rows and checkpoints) as one Delta version, then the
-    /// same offsets to Kafka. With a `deadline`, gives up (nothing written) when it passes.
-    pub fn commit_topic<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
-        &mut self,
-        topic: &str,
-        deadline: Option<Instant>,
-        consumer: &C,
-    ) -> Result<(), ProcessorError> {
-        let mut commits = Vec::new();
-        for ((t, _), a) in self.parts.iter_mut() {
-            if t != topic {
-                continue;
-            }
-            let Some(checkpoint) = a.partition.checkpoint() else {
-                continue;
-            };
-            if a.rows.is_empty() && Some(checkpoint.version) == a.partition.committed {
-                continue;
-            }
-            let batches = a.rows.take().map_err(schema_err)?;
-            commits.push(PartitionCommit {
-                checkpoint,
-                expected: a.partition.committed,
-                batches,
-            });
-        }
-        if commits.is_empty() {
-            return Ok(());
-        }
-        self.dlq.flush(Duration::from_secs(60))?;
-        let Some(sink) = self.sinks.get_mut(topic) else {
-            return Ok(());
-        };
-        loop {
-            let attempt = sink.commit(&commits, self.cfg.commit_attempts, &self.metrics);
-            let result = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    match self.rt.block_on(tokio::time::timeout(left, attempt)) {
-                        Ok(r) => r?,
-                        Err(_) => {
-                            warn!(
-                                topic,
-                                "Revocation deadline passed: nothing committed; revoked partitions are dropped unwritten."
-                            );
-                            for c in commits {
-                                let key = (topic.to_owned(), c.checkpoint.partition);
-                                if let Some(a) = self.parts.get_mut(&key) {
-                                    a.rows.restore(c.batches);
-                                }
-                            }
-                            return Ok(());
-                        }
-                    }
-                }
-                None => self.rt.block_on(attempt)?,
-            };
-            match result {
-                CommitResult::Committed(_) => break,
-                CommitResult::Fenced(lost) => {
-                    for p in &lost {
-                        self.parts.remove(&(topic.to_owned(), *p));
-                        self.metrics.partitions_fenced.inc();
-                    }
-                    commits.retain(|c| !lost.contains(&c.checkpoint.partition));
-                    let mut tpl = TopicPartitionList::new();
-                    for p in lost {
-                        tpl.add_partition(topic, p);
-                    }
-                    let _ = consumer.pause(&tpl);
-                    if commits.is_empty() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        self.totals.commits += 1;
-        self.metrics.last_commit_age_seconds.set(0.0);
-        let mut tpl = TopicPartitionList::new();
-        for c in &commits {
-            self.totals.rows += c.rows() as u64;
-            let cp = &c.checkpoint;
-            if let Some(a) = self.parts.get_mut(&(topic.to_owned(), cp.partition)) {
-                a.partition.committed = Some(cp.version);
-            }
-            let _ = tpl.add_partition_offset(topic, cp.partition, Offset::Offset(cp.version + 1));
-        }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            warn!(topic, error = %e, "Advisory Kafka offset commit failed (lag metrics only).");
-        }
-        self.update_gauges();
-        Ok(())
     }
 }

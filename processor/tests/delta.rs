@@ -124,3 +124,58 @@ async fn commits_carry_txn_versions_and_survive_reopening() {
         "event_time,db_name,user_name,client_addr,session_id,command_tag,object_type,object_name,statement,audit_class,result,error_code,extra,ingest_ts,src,raw,ingest_date,event_id,kafka_topic,kafka_partition,kafka_offset"
     );
 }
+
+#[tokio::test]
+async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
+    use deltalake::arrow::array::{Array, StringArray};
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().to_string_lossy().into_owned();
+    let mut t = AuditTable::open_or_create(&uri).await.unwrap();
+    // One batch across midnight (the generic, splitting path) and one of a single date.
+    let mut rows = rows(4, 0, 0);
+    rows[2].ingest_ts = "2026-11-24T00:00:01Z".parse().unwrap();
+    rows[3].ingest_ts = rows[2].ingest_ts;
+    let mixed = to_batch(&rows).unwrap();
+    let single = to_batch(&rows[..2]).unwrap();
+    let p0 = app_id("g", "pgaudit.raw.primary", 0);
+    t.commit(vec![mixed, single], &BTreeMap::from([(p0, 3)]), None)
+        .await
+        .unwrap();
+    let files = t.file_uris().unwrap();
+    let mut per_date = BTreeMap::<String, usize>::new();
+    let mut raws = Vec::new();
+    for u in &files {
+        let date = u.split("ingest_date=").nth(1).unwrap()[..10].to_owned();
+        let path = u.strip_prefix("file://").unwrap_or(u);
+        let b =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+        let rg = b.metadata().row_group(0);
+        for c in rg.columns() {
+            let name = c.column_path().string();
+            let plain = ["raw", "statement", "event_id"].contains(&name.as_str());
+            assert_eq!(c.statistics().is_none(), plain, "statistics of {name}");
+            assert_eq!(
+                c.dictionary_page_offset().is_none(),
+                plain,
+                "dictionary of {name}"
+            );
+        }
+        for batch in b.build().unwrap() {
+            let batch = batch.unwrap();
+            *per_date.entry(date.clone()).or_default() += batch.num_rows();
+            let raw = batch.column_by_name("raw").unwrap();
+            let raw = raw.as_any().downcast_ref::<StringArray>().unwrap();
+            raws.extend((0..raw.len()).map(|i| raw.value(i).to_owned()));
+        }
+    }
+    assert_eq!(
+        per_date,
+        BTreeMap::from([("2026-11-23".to_owned(), 4), ("2026-11-24".to_owned(), 2)])
+    );
+    let mut expected: Vec<String> = rows.iter().map(|r| r.row.raw.clone()).collect();
+    expected.extend(rows[..2].iter().map(|r| r.row.raw.clone()));
+    raws.sort();
+    expected.sort();
+    assert_eq!(raws, expected);
+    assert_eq!(t.row_count().unwrap(), 6);
+}

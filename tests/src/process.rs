@@ -9,7 +9,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary, built on first use (`cargo test --no-run --workspace`).
+/// Path of a workspace binary, built on first use (`cargo test --no-run --workspace`, which
+/// builds a package's binaries only because each has an integration test: `shipper/tests/cli.rs`
+/// exists for that too).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("current exe");
@@ -27,6 +29,24 @@ pub fn binary(name: &str) -> PathBuf {
         // dependency tree each time the two alternate.
         cmd.args(["test", "--no-run", "--workspace", "--quiet"])
             .current_dir(crate::workspace_root());
+        // Cargo sets these for the test process; build scripts that watch them (ring watches
+        // CARGO_MANIFEST_DIR) would see a change and rebuild their crate and everything above
+        // it (2 minutes here), and the next build from a shell would rebuild it back.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&k.as_ref())
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if release {
             cmd.arg("--release");
         }

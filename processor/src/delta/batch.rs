@@ -4,13 +4,13 @@
 //! quarter of the per-record time, and held every row twice in memory while it was written).
 //!
 //! Owns [`RowBuffer`] and [`to_batch`]. Invariants: batches have exactly [`arrow_schema`]'s
-//! columns in order and at most [`BATCH_ROWS`] rows; [`RowBuffer::len`] counts every row pushed
+//! columns in order, at most [`BATCH_ROWS`] rows and one `ingest_date` (the Delta partition); [`RowBuffer::len`] counts every row pushed
 //! and not taken; [`RowBuffer::bytes`] never under-counts what the buffer holds by more than the
 //! builders' growth slack it already adds. Must not: reorder rows, or talk to Kafka or Delta.
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
     ArrayRef, Date32Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
     TimestampMicrosecondBuilder,
@@ -34,9 +34,9 @@ const ROW_OVERHEAD: usize = 128;
 /// Per `extra` entry besides its text: two offsets and the map's share.
 const ENTRY_OVERHEAD: usize = 12;
 
+/// The UTC date of `d` as Arrow's Date32 (days since 1970-01-01).
 fn days(d: DateTime<Utc>) -> i32 {
-    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
-    (d.date_naive() - epoch).num_days() as i32
+    d.timestamp().div_euclid(86_400) as i32
 }
 
 /// The string columns, by index into [`Builders::text`].
@@ -94,6 +94,8 @@ struct Builders {
     kafka_partition: Int32Builder,
     kafka_offset: Int64Builder,
     rows: usize,
+    /// The `ingest_date` (days since the epoch) of every row: a batch never spans two.
+    day: Option<i32>,
     /// Bytes of `extra`'s keys and values appended (the map builder shows them only `&mut`).
     extra_bytes: usize,
     /// `extra` entries appended.
@@ -124,6 +126,7 @@ impl Builders {
             kafka_partition: Int32Builder::with_capacity(rows),
             kafka_offset: Int64Builder::with_capacity(rows),
             rows: 0,
+            day: None,
             extra_bytes: 0,
             entries: 0,
         }
@@ -132,7 +135,7 @@ impl Builders {
     fn push(
         &mut self,
         row: &AuditRow,
-        ingest_ts: DateTime<Utc>,
+        (ingest_ts, day): (DateTime<Utc>, i32),
         topic: &str,
         partition: i32,
         offset: i64,
@@ -162,7 +165,8 @@ impl Builders {
         self.ingest_ts.append_value(ingest_ts.timestamp_micros());
         t[SRC].append_value(&row.src);
         t[RAW].append_value(&row.raw);
-        self.ingest_date.append_value(days(ingest_ts));
+        self.ingest_date.append_value(day);
+        self.day = Some(day);
         t[EVENT_ID].append_value(&row.event_id);
         t[KAFKA_TOPIC].append_value(topic);
         self.kafka_partition.append_value(partition);
@@ -257,6 +261,15 @@ impl RowBuffer {
         partition: i32,
         offset: i64,
     ) -> Result<(), ArrowError> {
+        // One `ingest_date` per batch, so the table writer never splits a batch by partition.
+        let day = days(ingest_ts);
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|b| b.day.is_some_and(|d| d != day))
+        {
+            self.seal()?;
+        }
         let b = match &mut self.open {
             Some(b) => b,
             None => self.open.insert(Builders::new(
@@ -264,7 +277,7 @@ impl RowBuffer {
                 &self.sizes.unwrap_or_default(),
             )),
         };
-        b.push(row, ingest_ts, topic, partition, offset)?;
+        b.push(row, (ingest_ts, day), topic, partition, offset)?;
         if b.rows >= BATCH_ROWS {
             self.seal()?;
         }
@@ -335,14 +348,14 @@ impl RowBuffer {
     }
 }
 
-/// Rows → one Arrow batch of [`arrow_schema`] (any number of rows).
+/// Rows → one Arrow batch of [`arrow_schema`] (any number of rows, of any dates).
 pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(rows: &[R]) -> Result<RecordBatch, ArrowError> {
     let mut b = Builders::new(rows.len(), &Sizes::default());
     for r in rows {
         let r = r.borrow();
         b.push(
             &r.row,
-            r.ingest_ts,
+            (r.ingest_ts, days(r.ingest_ts)),
             &r.kafka.topic,
             r.kafka.partition,
             r.kafka.offset,
@@ -432,5 +445,36 @@ mod tests {
         let mut buf = RowBuffer::default();
         rows.iter().for_each(|r| buf.push_lake(r).unwrap());
         assert_eq!(buf.take().unwrap(), vec![to_batch(&rows).unwrap()]);
+    }
+
+    #[test]
+    fn a_batch_never_spans_two_ingest_dates() {
+        use deltalake::arrow::array::Date32Array;
+        let midnight = 1_795_046_400; // 2026-11-18T00:00:00Z
+        assert_eq!(midnight % 86_400, 0);
+        let mut buf = RowBuffer::default();
+        for (i, ts) in [midnight - 2, midnight - 1, midnight, midnight + 1]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = row(i as i64);
+            r.ingest_ts = DateTime::from_timestamp(ts, 0).unwrap();
+            buf.push_lake(&r).unwrap();
+        }
+        let dates: Vec<Vec<i32>> = buf
+            .take()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let c = b.column_by_name("ingest_date").unwrap();
+                let c = c.as_any().downcast_ref::<Date32Array>().unwrap();
+                c.values().to_vec()
+            })
+            .collect();
+        let d = i32::try_from(midnight / 86_400).unwrap();
+        assert_eq!(dates, vec![vec![d - 1, d - 1], vec![d, d]]);
+        // Before 1970 too (the date of a negative timestamp is the day before).
+        let t = DateTime::from_timestamp(-1, 0).unwrap();
+        assert_eq!(days(t), -1);
     }
 }
