@@ -4,8 +4,8 @@
 //! Owns [`arrow_schema`] (the standard audit schema, columns in their fixed order, `ingest_date`
 //! the partition column), [`LakeRow`] and [`AuditTable`]; rows become Arrow batches in `batch`.
 //! Invariants: a commit and the Kafka offsets it covers are one atomic Delta version (the `txn`
-//! actions are in the same commit as the data files); [`AuditTable::txn_version`] is the only source of truth for
-//! where a partition resumes. Must not: talk to Kafka.
+//! actions are in the same commit as the data files); [`AuditTable::txn_version`] is the only
+//! source of truth for where a partition resumes. Must not: talk to Kafka.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The `extra` column's value: the few key/value pairs of a row that have no column.
 //!
-//! Owns [`Extra`], [`Key`] and [`Value`] (numbers and fixed texts stay unformatted until written). Invariants: keys are unique and kept in ascending order of
-//! their names (the order the table's map column, serialization and snapshots see, the same as
+//! Owns [`Extra`], [`Key`] and [`Value`] (numbers and fixed texts stay unformatted until
+//! written). Invariants: keys are unique and kept in ascending order of their names (the order the table's map column, serialization and snapshots see, the same as
 //! a `BTreeMap`'s); keys are the closed set [`Key`], whose variants are declared in name order
 //! so comparing variants compares names (tested). Must not: grow large — it is a flat vector
 //! searched by bisection, built for the dozen entries of one row (a `BTreeMap` of owned strings

@@ -4,9 +4,10 @@
 //! quarter of the per-record time, and held every row twice in memory while it was written).
 //!
 //! Owns [`RowBuffer`] and [`to_batch`]. Invariants: batches have exactly [`arrow_schema`]'s
-//! columns in order, at most [`BATCH_ROWS`] rows and one `ingest_date` (the Delta partition); [`RowBuffer::len`] counts every row pushed
-//! and not taken; [`RowBuffer::bytes`] never under-counts what the buffer holds by more than the
-//! builders' growth slack it already adds. Must not: reorder rows, or talk to Kafka or Delta.
+//! columns in order, at most [`BATCH_ROWS`] rows and, from a [`RowBuffer`], one `ingest_date`
+//! (the Delta partition); [`RowBuffer::len`] counts every row pushed and not taken;
+//! [`RowBuffer::bytes`] never under-counts what the buffer holds by more than the builders'
+//! growth slack it already adds. Must not: reorder rows, or talk to Kafka or Delta.
 
 use std::sync::Arc;
 
@@ -94,8 +95,6 @@ struct Builders {
     kafka_partition: Int32Builder,
     kafka_offset: Int64Builder,
     rows: usize,
-    /// The `ingest_date` (days since the epoch) of every row: a batch never spans two.
-    day: Option<i32>,
     /// Bytes of `extra`'s keys and values appended (the map builder shows them only `&mut`).
     extra_bytes: usize,
     /// `extra` entries appended.
@@ -126,7 +125,6 @@ impl Builders {
             kafka_partition: Int32Builder::with_capacity(rows),
             kafka_offset: Int64Builder::with_capacity(rows),
             rows: 0,
-            day: None,
             extra_bytes: 0,
             entries: 0,
         }
@@ -166,7 +164,6 @@ impl Builders {
         t[SRC].append_value(&row.src);
         t[RAW].append_value(&row.raw);
         self.ingest_date.append_value(day);
-        self.day = Some(day);
         t[EVENT_ID].append_value(&row.event_id);
         t[KAFKA_TOPIC].append_value(topic);
         self.kafka_partition.append_value(partition);
@@ -263,10 +260,11 @@ impl RowBuffer {
     ) -> Result<(), ArrowError> {
         // One `ingest_date` per batch, so the table writer never splits a batch by partition.
         let day = days(ingest_ts);
+        let last_day = |b: &Builders| b.ingest_date.values_slice().last().copied();
         if self
             .open
             .as_ref()
-            .is_some_and(|b| b.day.is_some_and(|d| d != day))
+            .is_some_and(|b| last_day(b).is_some_and(|d| d != day))
         {
             self.seal()?;
         }

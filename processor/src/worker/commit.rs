@@ -6,10 +6,10 @@
 //! and a revocation first *settle* the commit in flight, so versions, fencing and resume points
 //! are those of a table with no commit running; what a commit did (committed versions, fenced
 //! partitions, totals, the advisory Kafka offset commit) is applied on the consumer thread when
-//! it is settled, never by the task; a commit abandoned at a deadline puts its rows back in
-//! front of their partitions' buffers (Arrow batches are shared, the copy is cheap) and the
-//! table is opened again before its next use. Must not: poll the consumer, or let the task touch
-//! the worker's state.
+//! it is settled, never by the task; a commit abandoned at a deadline or failed puts its rows
+//! back in front of their partitions' buffers (Arrow batches are shared, the copy is cheap) and
+//! the table is opened again before its next use. Must not: poll the consumer, or let the task
+//! touch the worker's state.
 
 use std::time::{Duration, Instant};
 
@@ -128,25 +128,46 @@ impl Worker {
             .commit_wait_seconds
             .inc_by(waited.as_secs_f64());
         self.totals.commit_wait_ms += waited.as_millis() as u64;
-        let Some(joined) = joined else {
-            inflight.task.abort();
-            warn!(
-                topic,
-                "Deadline passed during a Delta commit: abandoned; its rows stay buffered."
-            );
-            for (p, batches) in inflight.rows {
-                if let Some(a) = self.parts.get_mut(&(topic.to_owned(), p)) {
-                    a.rows.restore(batches);
-                }
+        let landed = match joined {
+            None => {
+                inflight.task.abort();
+                warn!(
+                    topic,
+                    "Deadline passed during a Delta commit: abandoned; its rows stay buffered."
+                );
+                self.restore(topic, inflight.rows);
+                return Ok(false);
             }
-            return Ok(false);
+            Some(Err(e)) => Err(ProcessorError::Config {
+                reason: format!("the commit task of {topic} failed: {e}"),
+            }),
+            Some(Ok((sink, landed))) => {
+                table.sink = Some(sink);
+                landed
+            }
         };
-        let (sink, landed) = joined.map_err(|e| ProcessorError::Config {
-            reason: format!("the commit task of {topic} failed: {e}"),
-        })?;
-        table.sink = Some(sink);
-        self.apply(topic, landed?, consumer);
-        Ok(true)
+        match landed {
+            Ok(landed) => {
+                self.apply(topic, landed, consumer);
+                Ok(true)
+            }
+            Err(e) => {
+                // Whoever handles the error (revocation logs it and goes on with the other
+                // partitions), no row of a failed commit may go missing from its buffer.
+                self.restore(topic, inflight.rows);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts the rows of a commit that did not happen back in front of their partitions'
+    /// buffers (partitions no longer assigned are skipped).
+    fn restore(&mut self, topic: &str, rows: Vec<(i32, Vec<RecordBatch>)>) {
+        for (p, batches) in rows {
+            if let Some(a) = self.parts.get_mut(&(topic.to_owned(), p)) {
+                a.rows.restore(batches);
+            }
+        }
     }
 
     /// Settles every table's commit that has finished (never waits).
