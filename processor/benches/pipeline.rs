@@ -6,6 +6,10 @@
 //! that only decodes the same messages (the floor: no parsing, no rows).
 //!
 //! Target: ≥ 250k records/s per core for csvlog. Input as in `parse` (`$PGTRAIL_BENCH_LOGS`).
+//!
+//! `encode_<format>`: the commit's CPU work on those batches, Parquet encoding with the table's
+//! writer properties (`delta::writer_properties`) beside deltalake's default (Snappy, dictionary
+//! and statistics on every column), into memory: rows/s per core.
 
 #[path = "common/input.rs"]
 mod input;
@@ -15,7 +19,11 @@ use std::time::Duration;
 use chrono::Utc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pgtrail_avro::{Decoder, Encoder, LogFormat, RawRecord, RecordSource};
-use processor::delta::{BATCH_ROWS, RowBuffer};
+use processor::delta::arrow::record_batch::RecordBatch;
+use processor::delta::parquet::arrow::ArrowWriter;
+use processor::delta::parquet::basic::Compression;
+use processor::delta::parquet::file::properties::WriterProperties;
+use processor::delta::{BATCH_ROWS, RowBuffer, arrow_schema, writer_properties};
 use processor::parse::ServerFormat;
 use processor::partition::{Incoming, Outputs, Partition, Servers};
 use processor::telemetry::Metrics;
@@ -68,6 +76,18 @@ fn pipeline(
     metrics: &Metrics,
     rows: &mut RowBuffer,
 ) -> usize {
+    pipeline_into(msgs, decoder, servers, metrics, rows, &mut |_| ())
+}
+
+/// [`pipeline`], handing each batch taken to `sink`.
+fn pipeline_into(
+    msgs: &[Vec<u8>],
+    decoder: &Decoder,
+    servers: &mut OneServer,
+    metrics: &Metrics,
+    rows: &mut RowBuffer,
+    sink: &mut dyn FnMut(RecordBatch),
+) -> usize {
     const TOPIC: &str = "pgaudit.raw.bench";
     let mut part = Partition::new(TOPIC, 0, None, None, Duration::from_secs(60));
     let mut written = 0;
@@ -75,7 +95,12 @@ fn pipeline(
     let mut flush = |rows: &mut RowBuffer, force: bool| {
         if rows.len() >= BATCH_ROWS || (force && !rows.is_empty()) {
             match rows.take() {
-                Ok(batches) => written += batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+                Ok(batches) => {
+                    for b in batches {
+                        written += b.num_rows();
+                        sink(b);
+                    }
+                }
                 Err(e) => panic!("batches: {e}"),
             }
         }
@@ -154,7 +179,57 @@ fn bench(c: &mut Criterion) {
             },
         );
         g.finish();
+        encode(c, format, &msgs, &decoder, &mut servers, &metrics);
     }
+}
+
+/// Parquet encoding of the format's batches, table settings vs. Parquet defaults.
+fn encode(
+    c: &mut Criterion,
+    format: LogFormat,
+    msgs: &[Vec<u8>],
+    decoder: &Decoder,
+    servers: &mut OneServer,
+    metrics: &Metrics,
+) {
+    let mut batches = Vec::new();
+    let rows = pipeline_into(
+        msgs,
+        decoder,
+        servers,
+        metrics,
+        &mut RowBuffer::default(),
+        &mut |b| batches.push(b),
+    );
+    let write = |props: &WriterProperties| {
+        let mut w = ArrowWriter::try_new(Vec::new(), arrow_schema(), Some(props.clone()))
+            .unwrap_or_else(|e| panic!("writer: {e}"));
+        for b in &batches {
+            w.write(b).unwrap_or_else(|e| panic!("write: {e}"));
+        }
+        w.into_inner()
+            .unwrap_or_else(|e| panic!("close: {e}"))
+            .len()
+    };
+    let ours = writer_properties();
+    // deltalake's own default: Snappy, everything else Parquet's default.
+    let defaults = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    eprintln!(
+        "{format}: {rows} rows → Parquet {} bytes (table settings), {} bytes (defaults)",
+        write(&ours),
+        write(&defaults)
+    );
+    let mut g = c.benchmark_group(format!("encode_{format}"));
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function(BenchmarkId::new("rows", "table_settings"), |b| {
+        b.iter(|| write(&ours))
+    });
+    g.bench_function(BenchmarkId::new("rows", "baseline_parquet_defaults"), |b| {
+        b.iter(|| write(&defaults))
+    });
+    g.finish();
 }
 
 #[allow(missing_docs)]

@@ -34,6 +34,9 @@ pub use batch::{BATCH_ROWS, RowBuffer, to_batch};
 /// The Arrow version the tables are written with (for readers such as tests).
 pub use deltalake::arrow;
 
+/// The Parquet version the tables are written with (for benchmarks).
+pub use deltalake::parquet;
+
 /// Key of the processor's checkpoint in a commit's info.
 pub const METADATA_KEY: &str = "pgtrail";
 
@@ -120,7 +123,7 @@ const PLAIN_TEXT_COLUMNS: [&str; 3] = ["raw", "statement", "event_id"];
 
 /// Parquet settings of the data files: Snappy (as deltalake's default), the columns above
 /// plain, everything else as the Parquet default (dictionary, page statistics).
-fn writer_properties() -> WriterProperties {
+pub fn writer_properties() -> WriterProperties {
     PLAIN_TEXT_COLUMNS
         .iter()
         .fold(

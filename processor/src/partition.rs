@@ -92,7 +92,7 @@ pub struct Incoming<'a> {
     pub key: Option<&'a [u8]>,
     /// Value.
     pub payload: &'a [u8],
-    /// When it was consumed (one clock read per message, shared by everything that needs it).
+    /// When it was consumed (the poll loop reads the clock every few messages; see `consumer.rs`).
     pub at: Instant,
 }
 

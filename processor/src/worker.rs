@@ -107,7 +107,7 @@ pub struct Worker {
     dlq: DeadLetters,
     last_commit: Instant,
     /// A reading of both clocks, renewed every tick: rows' `ingest_ts` is derived from the
-    /// message's monotonic time (one clock read per message instead of three).
+    /// message's monotonic time (no wall-clock read per message).
     clock: (Instant, DateTime<Utc>),
     /// Last message or assignment change (for `exit_when_idle`).
     pub last_activity: Instant,
