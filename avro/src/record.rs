@@ -8,7 +8,7 @@
 //! `apache-avro` accepts for the current schema. Records written with any other schema go through
 //! schema resolution in `wire.rs`. Must not: know about Kafka, files or the registry.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
@@ -118,20 +118,22 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Where a record came from: everything that is the same for every record of one file.
+/// Texts are shared (`Arc<str>`): a decoder hands the same source to every record of a file
+/// ([`SourceCache`]), and the processor keeps them in its rows without copying.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecordSource {
     /// Logical server name (`primary`, `replica`, ...).
-    pub server: String,
+    pub server: Arc<str>,
     /// Host name of the machine the shipper runs on.
-    pub host: String,
+    pub host: Arc<str>,
     /// Version of the shipper.
-    pub shipper_version: String,
+    pub shipper_version: Arc<str>,
     /// Format of the file.
     pub format: LogFormat,
     /// Path of the file when it was read.
-    pub source_path: String,
+    pub source_path: Arc<str>,
     /// File identity that survives rename (device, inode, first-line fingerprint).
-    pub file_id: String,
+    pub file_id: Arc<str>,
 }
 
 /// One raw log record, as carried in Kafka.
@@ -260,9 +262,11 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn string(&mut self) -> Result<String, AvroError> {
+    fn string(&mut self) -> Result<Arc<str>, AvroError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| malformed("string is not UTF-8"))
+        std::str::from_utf8(b)
+            .map(Arc::from)
+            .map_err(|_| malformed("string is not UTF-8"))
     }
 
     fn boolean(&mut self) -> Result<bool, AvroError> {
@@ -287,13 +291,31 @@ fn malformed(what: &str) -> AvroError {
 
 /// Decodes a datum written with exactly the current schema.
 pub fn decode_current_datum(datum: &[u8]) -> Result<RawRecord, AvroError> {
+    decode_current_datum_cached(datum, &mut SourceCache::default())
+}
+
+/// Decodes a datum written with exactly the current schema, taking its source from `cache`
+/// when a recent datum had the same source bytes.
+pub fn decode_current_datum_cached(
+    datum: &[u8],
+    cache: &mut SourceCache,
+) -> Result<RawRecord, AvroError> {
     let mut c = Cursor { buf: datum, pos: 0 };
-    let server = c.string()?;
-    let host = c.string()?;
-    let shipper_version = c.string()?;
-    let format = LogFormat::from_index(c.long()?).ok_or_else(|| malformed("unknown format"))?;
-    let source_path = c.string()?;
-    let file_id = c.string()?;
+    for _ in 0..3 {
+        c.bytes()?;
+    }
+    c.long()?;
+    c.bytes()?;
+    c.bytes()?;
+    let prefix = &datum[..c.pos];
+    let source = match cache.get(prefix) {
+        Some(source) => source,
+        None => {
+            let source = decode_source(&mut Cursor { buf: datum, pos: 0 })?;
+            cache.insert(prefix, &source);
+            source
+        }
+    };
     let offset = c.long()?;
     let data = c.bytes()?.to_vec();
     let read_at_micros = c.long()?;
@@ -307,20 +329,68 @@ pub fn decode_current_datum(datum: &[u8]) -> Result<RawRecord, AvroError> {
         return Err(malformed("trailing bytes after the datum"));
     }
     Ok(RawRecord {
-        source: RecordSource {
-            server,
-            host,
-            shipper_version,
-            format,
-            source_path,
-            file_id,
-        },
+        source,
         offset,
         data,
         read_at_micros,
         truncated,
         original_length,
     })
+}
+
+fn decode_source(c: &mut Cursor<'_>) -> Result<RecordSource, AvroError> {
+    Ok(RecordSource {
+        server: c.string()?,
+        host: c.string()?,
+        shipper_version: c.string()?,
+        format: LogFormat::from_index(c.long()?).ok_or_else(|| malformed("unknown format"))?,
+        source_path: c.string()?,
+        file_id: c.string()?,
+    })
+}
+
+/// The sources of recently decoded datums by their encoded bytes. Every record of one file
+/// starts with the same source bytes, so a hit costs one comparison instead of five strings
+/// validated and allocated per record. Bounded: [`SourceCache::ENTRIES`] sources, the
+/// oldest replaced first.
+#[derive(Debug, Default)]
+pub struct SourceCache {
+    entries: Vec<(Vec<u8>, RecordSource)>,
+    /// Entry of the last hit or insert, checked first.
+    last: usize,
+    /// Entry the next insert replaces once full.
+    next: usize,
+}
+
+impl SourceCache {
+    /// Sources kept (a consumer reads a handful of files per partition at a time).
+    pub const ENTRIES: usize = 16;
+
+    fn get(&mut self, prefix: &[u8]) -> Option<RecordSource> {
+        if let Some((bytes, source)) = self.entries.get(self.last)
+            && bytes.as_slice() == prefix
+        {
+            return Some(source.clone());
+        }
+        let i = self
+            .entries
+            .iter()
+            .position(|(b, _)| b.as_slice() == prefix)?;
+        self.last = i;
+        Some(self.entries[i].1.clone())
+    }
+
+    fn insert(&mut self, prefix: &[u8], source: &RecordSource) {
+        let entry = (prefix.to_vec(), source.clone());
+        if self.entries.len() < Self::ENTRIES {
+            self.last = self.entries.len();
+            self.entries.push(entry);
+        } else {
+            self.last = self.next;
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % Self::ENTRIES;
+        }
+    }
 }
 
 /// Converts a value already resolved to the current schema into a record.
@@ -330,12 +400,12 @@ pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
     };
     let mut r = RawRecord {
         source: RecordSource {
-            server: String::new(),
-            host: String::new(),
-            shipper_version: String::new(),
+            server: "".into(),
+            host: "".into(),
+            shipper_version: "".into(),
             format: LogFormat::Stderr,
-            source_path: String::new(),
-            file_id: String::new(),
+            source_path: "".into(),
+            file_id: "".into(),
         },
         offset: 0,
         data: Vec::new(),
@@ -345,15 +415,15 @@ pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
     };
     for (name, v) in fields {
         match (name.as_str(), v) {
-            ("server", Value::String(s)) => r.source.server = s,
-            ("host", Value::String(s)) => r.source.host = s,
-            ("shipper_version", Value::String(s)) => r.source.shipper_version = s,
+            ("server", Value::String(s)) => r.source.server = s.into(),
+            ("host", Value::String(s)) => r.source.host = s.into(),
+            ("shipper_version", Value::String(s)) => r.source.shipper_version = s.into(),
             ("format", Value::Enum(i, _)) => {
                 r.source.format = LogFormat::from_index(i64::from(i))
                     .ok_or_else(|| malformed("unknown format"))?
             }
-            ("source_path", Value::String(s)) => r.source.source_path = s,
-            ("file_id", Value::String(s)) => r.source.file_id = s,
+            ("source_path", Value::String(s)) => r.source.source_path = s.into(),
+            ("file_id", Value::String(s)) => r.source.file_id = s.into(),
             ("offset", Value::Long(n)) => r.offset = n,
             ("data", Value::Bytes(b)) => r.data = b,
             ("read_at", Value::TimestampMicros(n) | Value::Long(n)) => r.read_at_micros = n,
@@ -396,12 +466,12 @@ mod tests {
             .prop_map(
                 |((server, host, v, f, path, id), offset, data, read_at, orig)| RawRecord {
                     source: RecordSource {
-                        server,
-                        host,
-                        shipper_version: v,
+                        server: server.into(),
+                        host: host.into(),
+                        shipper_version: v.into(),
                         format: LogFormat::ALL[f],
-                        source_path: path,
-                        file_id: id,
+                        source_path: path.into(),
+                        file_id: id.into(),
                     },
                     offset,
                     data,
@@ -424,6 +494,26 @@ mod tests {
                 .unwrap();
             prop_assert_eq!(record_from_value(value).unwrap(), record.clone());
             prop_assert_eq!(decode_current_datum(&datum).unwrap(), record);
+        }
+
+        /// A cache shared by records of many files (more than it holds, in any order) decodes
+        /// each exactly as a fresh decode does.
+        #[test]
+        fn cached_decoding_agrees_with_uncached(
+            records in proptest::collection::vec(arb_record(), 1..6),
+            order in proptest::collection::vec(0usize..64, 1..80),
+        ) {
+            let mut cache = SourceCache::default();
+            for (n, i) in order.iter().enumerate() {
+                let mut record = records[i % records.len()].clone();
+                // Many files: more distinct sources than the cache holds.
+                let id = format!("{}-{}", record.source.file_id, i % 20);
+                record.source.file_id = id.into();
+                record.offset = n as i64;
+                let datum = encode_record(&record);
+                prop_assert_eq!(decode_current_datum_cached(&datum, &mut cache).unwrap(), record);
+            }
+            prop_assert!(cache.entries.len() <= SourceCache::ENTRIES);
         }
 
         #[test]

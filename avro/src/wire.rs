@@ -8,6 +8,7 @@
 //! Must not: talk to Kafka.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
@@ -15,8 +16,8 @@ use apache_avro::reader::datum::GenericDatumReader;
 
 use crate::error::AvroError;
 use crate::record::{
-    KNOWN_SCHEMAS, RawRecord, RecordFields, current_schema, decode_current_datum, encode_datum,
-    record_from_value,
+    KNOWN_SCHEMAS, RawRecord, RecordFields, SourceCache, current_schema,
+    decode_current_datum_cached, encode_datum, record_from_value,
 };
 use crate::registry::Registry;
 
@@ -76,6 +77,8 @@ pub struct Decoder {
     by_fingerprint: HashMap<[u8; 8], usize>,
     current: [u8; 8],
     registry: Option<Registry>,
+    /// Sources of recent current-schema datums (clones of a decoder share it).
+    sources: Arc<Mutex<SourceCache>>,
 }
 
 impl Decoder {
@@ -90,7 +93,14 @@ impl Decoder {
             by_fingerprint,
             current: fingerprint(current_schema()),
             registry,
+            sources: Arc::default(),
         }
+    }
+
+    /// A current-schema datum, its source shared with earlier records of the same file.
+    fn decode_current(&self, datum: &[u8]) -> Result<RawRecord, AvroError> {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        decode_current_datum_cached(datum, &mut sources)
     }
 
     /// Decodes a message value of either framing.
@@ -109,7 +119,7 @@ impl Decoder {
                 let writer = registry.schema(schema_id).await?;
                 let datum = &msg[5..];
                 if fingerprint(&writer) == self.current {
-                    decode_current_datum(datum)
+                    self.decode_current(datum)
                 } else {
                     resolve(&writer, datum, &format!("registry id {schema_id}"))
                 }
@@ -132,7 +142,7 @@ impl Decoder {
         fp.copy_from_slice(&msg[2..10]);
         let datum = &msg[10..];
         if fp == self.current {
-            return decode_current_datum(datum);
+            return self.decode_current(datum);
         }
         let index = self
             .by_fingerprint
@@ -207,15 +217,18 @@ mod tests {
         let v1 = &KNOWN_SCHEMAS[0];
         let s = sample();
         let value = Value::Record(vec![
-            ("server".into(), Value::String(s.source.server.clone())),
-            ("host".into(), Value::String(s.source.host.clone())),
+            ("server".into(), Value::String(s.source.server.to_string())),
+            ("host".into(), Value::String(s.source.host.to_string())),
             ("shipper_version".into(), Value::String("0.0.9".into())),
             ("format".into(), Value::Enum(0, "CSVLOG".into())),
             (
                 "source_path".into(),
-                Value::String(s.source.source_path.clone()),
+                Value::String(s.source.source_path.to_string()),
             ),
-            ("file_id".into(), Value::String(s.source.file_id.clone())),
+            (
+                "file_id".into(),
+                Value::String(s.source.file_id.to_string()),
+            ),
             ("offset".into(), Value::Long(s.offset)),
             ("data".into(), Value::Bytes(s.data.clone())),
             ("read_at".into(), Value::TimestampMicros(s.read_at_micros)),
@@ -230,7 +243,7 @@ mod tests {
                 .unwrap(),
         );
         let decoded = Decoder::new(None).decode_single_object(&msg).unwrap();
-        assert_eq!(decoded.source.shipper_version, "0.0.9");
+        assert_eq!(&*decoded.source.shipper_version, "0.0.9");
         assert_eq!(decoded.data, s.data);
         assert!(!decoded.truncated, "default of the new field applies");
         assert_eq!(decoded.original_length, None);

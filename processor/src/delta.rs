@@ -18,7 +18,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
-use deltalake::parquet::basic::Compression;
+use deltalake::parquet::basic::{Compression, Encoding};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
@@ -121,21 +121,36 @@ pub fn app_id(group: &str, topic: &str, partition: i32) -> String {
 /// long strings with common prefixes was another tenth).
 const PLAIN_TEXT_COLUMNS: [&str; 3] = ["raw", "statement", "event_id"];
 
+/// Rising 64-bit columns: delta-encoded (`DELTA_BINARY_PACKED`) instead of a dictionary of
+/// nearly unique values. Measured on 48k csvlog rows: with the `extra` values below, encoding
+/// took about a quarter less time and the file came out 1.4 % smaller. Readers need
+/// `DELTA_BINARY_PACKED` (Spark 3.3+, Trino, DuckDB, Polars, delta-rs all read it).
+const DELTA_COLUMNS: [&str; 3] = ["event_time", "ingest_ts", "kafka_offset"];
+
 /// Parquet settings of the data files: Snappy (as deltalake's default), the columns above
-/// plain, everything else as the Parquet default (dictionary, page statistics).
+/// plain or delta-encoded, `extra`'s values without a dictionary (most are unique per row:
+/// line numbers, transaction ids, fingerprints), everything else as the Parquet default
+/// (dictionary, page statistics).
 pub fn writer_properties() -> WriterProperties {
-    PLAIN_TEXT_COLUMNS
+    let b = WriterProperties::builder()
+        .set_created_by(format!("pgtrail {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(
+            ColumnPath::new(vec!["extra".into(), "key_value".into(), "value".into()]),
+            false,
+        );
+    let b = PLAIN_TEXT_COLUMNS.iter().fold(b, |b, c| {
+        let path = ColumnPath::from(*c);
+        b.set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None)
+    });
+    DELTA_COLUMNS
         .iter()
-        .fold(
-            WriterProperties::builder()
-                .set_created_by(format!("pgtrail {}", env!("CARGO_PKG_VERSION")))
-                .set_compression(Compression::SNAPPY),
-            |b, c| {
-                let path = ColumnPath::from(*c);
-                b.set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_statistics_enabled(path, EnabledStatistics::None)
-            },
-        )
+        .fold(b, |b, c| {
+            let path = ColumnPath::from(*c);
+            b.set_column_dictionary_enabled(path.clone(), false)
+                .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED)
+        })
         .build()
 }
 

@@ -243,17 +243,18 @@ impl Partition {
             }
         };
         let file = &rec.source.file_id;
-        // File ids are shared (`Arc`) between the map and the log: no copy per record.
-        let known = match self.dedup_now.get_key_value(file.as_str()) {
-            Some((_, &seen)) if seen >= rec.offset => {
-                metrics.skipped("duplicate");
-                return;
-            }
-            Some((known, _)) => Arc::clone(known),
-            None => Arc::from(file.as_str()),
-        };
-        self.dedup_now.insert(Arc::clone(&known), rec.offset);
-        self.dedup_log.push_back((offset, known, rec.offset));
+        // File ids are shared (`Arc`) by the decoder, the map and the log: no copy per record.
+        if self
+            .dedup_now
+            .get(&**file)
+            .is_some_and(|&seen| seen >= rec.offset)
+        {
+            metrics.skipped("duplicate");
+            return;
+        }
+        self.dedup_now.insert(Arc::clone(file), rec.offset);
+        self.dedup_log
+            .push_back((offset, Arc::clone(file), rec.offset));
         let format = rec.source.format;
         if !servers.accepts(&rec.source.server, format) {
             metrics.skipped("format_filtered");

@@ -127,7 +127,8 @@ async fn commits_carry_txn_versions_and_survive_reopening() {
 
 #[tokio::test]
 async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
-    use deltalake::arrow::array::{Array, StringArray};
+    use deltalake::arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
+    use deltalake::parquet::basic::Encoding;
     let dir = tempfile::tempdir().unwrap();
     let uri = dir.path().to_string_lossy().into_owned();
     let mut t = AuditTable::open_or_create(&uri).await.unwrap();
@@ -153,11 +154,18 @@ async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
         for c in rg.columns() {
             let name = c.column_path().string();
             let plain = ["raw", "statement", "event_id"].contains(&name.as_str());
+            let delta = ["event_time", "ingest_ts", "kafka_offset"].contains(&name.as_str());
+            let no_dictionary = plain || delta || name == "extra.key_value.value";
             assert_eq!(c.statistics().is_none(), plain, "statistics of {name}");
             assert_eq!(
                 c.dictionary_page_offset().is_none(),
-                plain,
+                no_dictionary,
                 "dictionary of {name}"
+            );
+            assert_eq!(
+                c.encodings().any(|e| e == Encoding::DELTA_BINARY_PACKED),
+                delta,
+                "encodings of {name}"
             );
         }
         for batch in b.build().unwrap() {
@@ -165,15 +173,32 @@ async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
             *per_date.entry(date.clone()).or_default() += batch.num_rows();
             let raw = batch.column_by_name("raw").unwrap();
             let raw = raw.as_any().downcast_ref::<StringArray>().unwrap();
-            raws.extend((0..raw.len()).map(|i| raw.value(i).to_owned()));
+            let offsets = batch.column_by_name("kafka_offset").unwrap();
+            let offsets = offsets.as_any().downcast_ref::<Int64Array>().unwrap();
+            let times = batch.column_by_name("event_time").unwrap();
+            let times = times
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            raws.extend(
+                (0..raw.len()).map(|i| (raw.value(i).to_owned(), offsets.value(i), times.value(i))),
+            );
         }
     }
     assert_eq!(
         per_date,
         BTreeMap::from([("2026-11-23".to_owned(), 4), ("2026-11-24".to_owned(), 2)])
     );
-    let mut expected: Vec<String> = rows.iter().map(|r| r.row.raw.clone()).collect();
-    expected.extend(rows[..2].iter().map(|r| r.row.raw.clone()));
+    // Values back as written, the delta-encoded columns included.
+    let written = |r: &LakeRow| {
+        (
+            r.row.raw.clone(),
+            r.kafka.offset,
+            r.row.event_time.unwrap().timestamp_micros(),
+        )
+    };
+    let mut expected: Vec<_> = rows.iter().map(written).collect();
+    expected.extend(rows[..2].iter().map(written));
     raws.sort();
     expected.sort();
     assert_eq!(raws, expected);

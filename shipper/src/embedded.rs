@@ -125,7 +125,9 @@ pub fn summarize(
             s.bytes += r.data.len() as u64;
             s.truncated += u64::from(r.truncated);
             *s.by_format.entry(r.source.format.to_string()).or_default() += 1;
-            *s.by_file.entry(r.source.source_path).or_default() += 1;
+            *s.by_file
+                .entry(r.source.source_path.to_string())
+                .or_default() += 1;
         }
     }
     s.sessions = sessions.len();

@@ -270,12 +270,12 @@ impl TailedFile {
 
 fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str) -> Vec<u8> {
     encode_source(&RecordSource {
-        server: info.server.clone(),
-        host: info.host.clone(),
-        shipper_version: env!("CARGO_PKG_VERSION").to_owned(),
+        server: info.server.as_str().into(),
+        host: info.host.as_str().into(),
+        shipper_version: env!("CARGO_PKG_VERSION").into(),
         format,
-        source_path: path.to_string_lossy().into_owned(),
-        file_id: id_text.to_owned(),
+        source_path: path.to_string_lossy().into(),
+        file_id: id_text.into(),
     })
 }
 

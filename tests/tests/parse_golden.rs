@@ -244,8 +244,8 @@ fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<Audit
                 server: "golden".into(),
                 host: "h".into(),
                 format,
-                path: r.path.clone(),
-                file_id: r.path.clone(),
+                path: r.path.as_str().into(),
+                file_id: r.path.as_str().into(),
                 offset: r.offset as i64,
                 origin: r.offset as i64,
             };

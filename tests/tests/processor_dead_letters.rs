@@ -24,7 +24,7 @@ fn envelope(format: LogFormat, file: &str, offset: i64, data: &[u8]) -> Vec<u8> 
             host: "test".into(),
             shipper_version: "test".into(),
             format,
-            source_path: format!("/logs/{file}"),
+            source_path: format!("/logs/{file}").into(),
             file_id: file.into(),
         },
         offset,

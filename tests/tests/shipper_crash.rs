@@ -90,7 +90,7 @@ fn kill_9_twice_while_postgres_writes_loses_nothing() {
         for s in &shipped {
             *copies
                 .entry((
-                    s.record.source.source_path.clone(),
+                    s.record.source.source_path.to_string(),
                     s.record.offset as u64,
                     s.record.data.clone(),
                 ))

@@ -56,7 +56,7 @@ fn once_ships_exactly_the_records_of_primary_and_replica() {
             .iter()
             .map(|s| {
                 (
-                    s.record.source.source_path.clone(),
+                    s.record.source.source_path.to_string(),
                     s.record.offset as u64,
                     s.record.data.clone(),
                 )
@@ -87,11 +87,11 @@ fn once_ships_exactly_the_records_of_primary_and_replica() {
         // Envelope facts and keys: one session → one partition.
         let mut session_partition: HashMap<Vec<u8>, i32> = HashMap::new();
         for s in &shipped {
-            assert_eq!(s.record.source.server, server);
+            assert_eq!(&*s.record.source.server, server);
             assert!(!s.record.truncated);
             assert_eq!(
                 s.record.source.format,
-                LogFormat::from_path(std::path::Path::new(&s.record.source.source_path))
+                LogFormat::from_path(std::path::Path::new(&*s.record.source.source_path))
             );
             let p = *session_partition
                 .entry(s.key.clone())

@@ -8,6 +8,7 @@
 //! cost a fifth of the per-record time in allocation and drops).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -91,6 +92,8 @@ impl Key {
 pub enum Value {
     /// Text.
     Text(String),
+    /// Text shared with other rows (the file's host and path).
+    Shared(Arc<str>),
     /// A number, written in decimal.
     Int(i64),
     /// A fixed text.
@@ -100,6 +103,12 @@ pub enum Value {
 impl From<String> for Value {
     fn from(s: String) -> Self {
         Value::Text(s)
+    }
+}
+
+impl From<Arc<str>> for Value {
+    fn from(s: Arc<str>) -> Self {
+        Value::Shared(s)
     }
 }
 
@@ -120,6 +129,7 @@ impl Value {
     fn as_str<'a>(&'a self, buf: &'a mut itoa::Buffer) -> &'a str {
         match self {
             Value::Text(s) => s,
+            Value::Shared(s) => s,
             Value::Int(v) => buf.format(*v),
             Value::Const(s) => s,
         }
@@ -157,6 +167,7 @@ impl Extra {
             .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| match v {
                 Value::Text(s) => Cow::Borrowed(s.as_str()),
+                Value::Shared(s) => Cow::Borrowed(&**s),
                 Value::Const(s) => Cow::Borrowed(*s),
                 Value::Int(i) => Cow::Owned(i.to_string()),
             })

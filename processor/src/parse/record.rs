@@ -72,8 +72,8 @@ pub fn split_host_port(s: &str) -> (Option<String>, Option<String>) {
     if s.is_empty() {
         return (None, None);
     }
-    if let Some(open) = s.rfind('(')
-        && s.ends_with(')')
+    if s.ends_with(')')
+        && let Some(open) = s.rfind('(')
     {
         return (
             Some(s[..open].to_owned()),

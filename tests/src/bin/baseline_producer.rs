@@ -36,11 +36,11 @@ fn main() {
             host: "bench".into(),
             shipper_version: "baseline".into(),
             format: LogFormat::Csvlog,
-            source_path: path.clone(),
+            source_path: path.as_str().into(),
             file_id: if copies == 1 {
-                path.clone()
+                path.as_str().into()
             } else {
-                format!("{path}#{copy}")
+                format!("{path}#{copy}").into()
             },
         });
         let mut reader = csv::ReaderBuilder::new()
