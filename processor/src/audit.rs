@@ -77,12 +77,15 @@ impl Source {
 /// machinery.
 fn hex(v: u128, digits: usize) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits = digits.min(32);
-    let mut out = String::with_capacity(digits);
-    for i in (0..digits).rev() {
-        out.push(char::from(DIGITS[((v >> (4 * i)) & 0xf) as usize]));
+    let mut out = [0u8; 32];
+    for (pair, b) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    out
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(&out[32 - digits.min(32)..])
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// SUCCESS or FAILURE.

@@ -131,7 +131,13 @@ pub struct Partition {
     last: Option<i64>,
     last_activity: Instant,
     stderr_watermark: Option<DateTime<Utc>>,
+    /// Rows the tracker released for the record at hand (empty between records; kept for
+    /// its allocation).
+    released: Vec<AuditRow>,
 }
+
+/// Largest release buffer kept between records, in rows.
+const RELEASED_KEPT: usize = 256;
 
 impl Partition {
     /// A partition resuming from `checkpoint` (or from the start when `None`).
@@ -167,6 +173,7 @@ impl Partition {
             last: committed,
             last_activity: Instant::now(),
             stderr_watermark: None,
+            released: Vec::new(),
         }
     }
 
@@ -318,7 +325,7 @@ impl Partition {
         metrics: &Metrics,
         out: &mut Outputs,
     ) {
-        let mut released = Vec::new();
+        let mut released = std::mem::take(&mut self.released);
         let offset = tag.source.origin;
         let disposition = self
             .tracker
@@ -345,11 +352,16 @@ impl Partition {
             Disposition::LateOutcome => metrics.skipped("late_outcome"),
             Disposition::Poison(_) => {}
         }
-        self.emit(released, metrics, out);
+        self.emit(&mut released, metrics, out);
+        // A session's release can be large; keep only a small buffer.
+        if released.capacity() <= RELEASED_KEPT {
+            self.released = released;
+        }
     }
 
-    fn emit(&mut self, rows: Vec<AuditRow>, metrics: &Metrics, out: &mut Outputs) {
-        for row in rows {
+    /// Moves `rows` (left empty) to the outputs, or counts them as replayed.
+    fn emit(&mut self, rows: &mut Vec<AuditRow>, metrics: &Metrics, out: &mut Outputs) {
+        for row in rows.drain(..) {
             let offset = row.origin;
             self.remove_pending(offset);
             if self.emits(offset) {
@@ -377,7 +389,7 @@ impl Partition {
         }
         let mut released = Vec::new();
         self.tracker.finish(&mut released);
-        self.emit(released, metrics, out);
+        self.emit(&mut released, metrics, out);
     }
 
     /// The offset every record up to which is fully handled (`None`: nothing consumed).
