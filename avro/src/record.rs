@@ -1,8 +1,9 @@
 //! The raw log record envelope: the typed Rust view of `schemas/raw_record.v2.avsc` and its
 //! fast binary codec.
 //!
-//! Owns: [`RawRecord`], [`LogFormat`], the embedded schema texts, and a hand-rolled encoder and
-//! decoder for exactly the current schema, which skip `apache_avro::Value` on the hot path.
+//! Owns: [`RawRecord`], [`LogFormat`], the embedded schema texts, a hand-rolled encoder and
+//! decoder for exactly the current schema, which skip `apache_avro::Value` on the hot path, and
+//! [`SourceCache`] (records of one file share one decoded, `Arc`-shared source).
 //! Invariant: [`encode_datum`] produces bytes that `apache-avro` decodes with the current schema
 //! to the same record (proptest in this file), and [`decode_current_datum`] accepts exactly what
 //! `apache-avro` accepts for the current schema. Records written with any other schema go through
