@@ -4,14 +4,12 @@
 //! record that is not one CSV row of 23, 24 or 26 columns, or whose time or numbers do not
 //! parse, is an error (poison), never a half-filled row. Must not: read the message.
 
-use std::cell::RefCell;
-
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 use super::csvrow::read_row;
 use super::record::{LogRecord, non_empty, split_host_port};
-use super::time::parse_pg_time;
+use super::time::{TimeParser, parse_pg_time, parse_session_start};
 
 /// Parses one csvlog record (bytes as shipped, terminating newline allowed).
 pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> {
@@ -33,17 +31,17 @@ pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> 
             .map(Some)
             .map_err(|_| format!("csvlog column {} is not a number: {v:?}", i + 1))
     };
-    let time = |i: usize| -> Result<Option<DateTime<Utc>>, String> {
+    let time = |i: usize, parse: TimeParser| -> Result<Option<DateTime<Utc>>, String> {
         let v = col(i);
         if v.is_empty() {
             Ok(None)
         } else {
-            parse_pg_time(v, zone).map(Some)
+            parse(v, zone).map(Some)
         }
     };
     let (remote_host, remote_port) = split_host_port(col(4));
     Ok(LogRecord {
-        log_time: time(0)?,
+        log_time: time(0, parse_pg_time)?,
         user_name: opt(1),
         database_name: opt(2),
         process_id: int(3)?,
@@ -52,7 +50,7 @@ pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> 
         session_id: opt(5),
         session_line_num: int(6)?,
         command_tag: opt(7),
-        session_start: session_start(col(8), zone)?,
+        session_start: time(8, parse_session_start)?,
         vxid: opt(9),
         txid: opt(10),
         severity: col(11).to_owned(),
@@ -70,28 +68,6 @@ pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> 
         backend_type: if row.len() > 23 { opt(23) } else { None },
         leader_pid: if row.len() > 24 { int(24)? } else { None },
         query_id: if row.len() > 25 { int(25)? } else { None },
-    })
-}
-
-thread_local! {
-    /// The last session start read and its value: every record of a session repeats it.
-    static SESSION_START: RefCell<(String, Option<Tz>, Option<DateTime<Utc>>)> =
-        const { RefCell::new((String::new(), None, None)) };
-}
-
-/// `session_start_time`, read once per session (a repeat is a string comparison).
-fn session_start(v: &str, zone: Option<Tz>) -> Result<Option<DateTime<Utc>>, String> {
-    if v.is_empty() {
-        return Ok(None);
-    }
-    SESSION_START.with_borrow_mut(|(text, z, value)| {
-        if text.as_str() != v || *z != zone {
-            *value = Some(parse_pg_time(v, zone)?);
-            text.clear();
-            text.push_str(v);
-            *z = zone;
-        }
-        Ok(*value)
     })
 }
 

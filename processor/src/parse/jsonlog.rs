@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use super::record::LogRecord;
-use super::time::parse_pg_time;
+use super::time::{TimeParser, parse_pg_time, parse_session_start};
 
 #[derive(Deserialize)]
 struct Json {
@@ -52,13 +52,14 @@ fn ne(v: Option<String>) -> Option<String> {
 /// Parses one jsonlog record.
 pub fn parse_jsonlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> {
     let j: Json = serde_json::from_slice(data).map_err(|e| format!("jsonlog: {e}"))?;
-    let time = |v: &Option<String>| v.as_deref().map(|s| parse_pg_time(s, zone)).transpose();
+    let time =
+        |v: &Option<String>, parse: TimeParser| v.as_deref().map(|s| parse(s, zone)).transpose();
     let location = match (&j.func_name, &j.file_name, j.file_line_num) {
         (Some(f), Some(file), Some(line)) => Some(format!("{f}, {file}:{line}")),
         _ => None,
     };
     Ok(LogRecord {
-        log_time: time(&j.timestamp)?,
+        log_time: time(&j.timestamp, parse_pg_time)?,
         user_name: ne(j.user),
         database_name: ne(j.dbname),
         process_id: j.pid,
@@ -67,7 +68,7 @@ pub fn parse_jsonlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String>
         session_id: ne(j.session_id),
         session_line_num: j.line_num,
         command_tag: ne(j.ps),
-        session_start: time(&j.session_start)?,
+        session_start: time(&j.session_start, parse_session_start)?,
         vxid: ne(j.vxid),
         txid: j.txid.map(|v| match v {
             serde_json::Value::String(s) => s,

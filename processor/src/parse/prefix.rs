@@ -12,7 +12,7 @@
 use chrono_tz::Tz;
 
 use super::record::{LogRecord, split_host_port};
-use super::time::{parse_epoch, parse_pg_time};
+use super::time::{parse_epoch, parse_pg_time, parse_session_start};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -175,7 +175,7 @@ impl Prefix {
         match kind {
             'm' | 't' => rec.log_time = Some(parse_pg_time(v, self.zone)?),
             'n' => rec.log_time = Some(parse_epoch(v)?),
-            's' => rec.session_start = Some(parse_pg_time(v, self.zone)?),
+            's' => rec.session_start = Some(parse_session_start(v, self.zone)?),
             'u' => rec.user_name = text(),
             'd' => rec.database_name = text(),
             'a' => rec.application_name = text(),

@@ -1,7 +1,8 @@
 //! PostgreSQL log timestamps to UTC.
 //!
 //! Owns [`parse_pg_time`] (`2026-11-23 08:57:28.127 UTC`, `... 08:57:28 CEST`, `... +0530`)
-//! and [`parse_epoch`] (`%n`). Zone abbreviations other than UTC/GMT resolve through the
+//! and [`parse_epoch`] (`%n`), and [`parse_session_start`] (the same, remembered per thread for
+//! the repeats of a session). Zone abbreviations other than UTC/GMT resolve through the
 //! server's configured IANA zone; an ambiguous local time (DST fall-back) takes the offset whose
 //! abbreviation matches. Must not: guess a zone: no configured zone is an error, not UTC.
 
@@ -45,6 +46,29 @@ pub fn parse_pg_time(s: &str, zone: Option<Tz>) -> Result<DateTime<Utc>, String>
         .or(candidates.first())
         .map(|d| d.with_timezone(&Utc))
         .ok_or_else(|| format!("timestamp {s:?} does not exist in {tz} (DST gap)"))
+}
+
+/// A timestamp parser of this module ([`parse_pg_time`], [`parse_session_start`]).
+pub type TimeParser = fn(&str, Option<Tz>) -> Result<DateTime<Utc>, String>;
+
+thread_local! {
+    /// The last session start read and its value: every record of a session repeats it.
+    static SESSION_START: std::cell::RefCell<(String, Option<Tz>, DateTime<Utc>)> =
+        const { std::cell::RefCell::new((String::new(), None, DateTime::<Utc>::MIN_UTC)) };
+}
+
+/// [`parse_pg_time`] of a session start (csvlog `session_start_time`, jsonlog
+/// `session_start`, `%s`): read once per session, a repeat is a string comparison.
+pub fn parse_session_start(s: &str, zone: Option<Tz>) -> Result<DateTime<Utc>, String> {
+    SESSION_START.with_borrow_mut(|(text, z, value)| {
+        if text.is_empty() || text.as_str() != s || *z != zone {
+            *value = parse_pg_time(s, zone)?;
+            text.clear();
+            text.push_str(s);
+            *z = zone;
+        }
+        Ok(*value)
+    })
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.f{1,9}]`, the only shape PostgreSQL writes, read directly (chrono's
@@ -145,6 +169,27 @@ mod tests {
             parse_epoch("1795000000.123").unwrap().timestamp_millis(),
             1_795_000_000_123
         );
+    }
+
+    #[test]
+    fn session_starts_are_remembered_per_text_and_zone() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let cases = [
+            ("2026-07-01 10:00:00 CEST", Some(berlin)),
+            ("2026-07-01 10:00:00 CEST", Some(berlin)),
+            ("2026-07-01 10:00:00 CEST", Some(Tz::Europe__Paris)),
+            ("2026-07-01 10:00:00 CEST", None),
+            ("2026-07-01 10:00:00 +02", None),
+            ("", None),
+            ("2026-07-01 10:00:00 +02", None),
+        ];
+        for (s, zone) in cases {
+            assert_eq!(
+                parse_session_start(s, zone),
+                parse_pg_time(s, zone),
+                "{s} {zone:?}"
+            );
+        }
     }
 
     #[test]
