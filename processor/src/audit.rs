@@ -11,6 +11,7 @@ mod classify;
 mod extra;
 pub mod outcome;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -123,7 +124,7 @@ pub struct AuditRow {
     /// PostgreSQL session id.
     pub session_id: Option<String>,
     /// Command (pgaudit's, or inferred for unaudited failures).
-    pub command_tag: String,
+    pub command_tag: Cow<'static, str>,
     /// Object type.
     pub object_type: Option<String>,
     /// Object name.
@@ -131,7 +132,7 @@ pub struct AuditRow {
     /// Normalized statement; `None` when not logged.
     pub statement: Option<String>,
     /// READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET, UNKNOWN.
-    pub audit_class: String,
+    pub audit_class: Cow<'static, str>,
     /// SUCCESS or FAILURE.
     pub result: Outcome,
     /// SQLSTATE of the failure; `None` on success or where the format carries none.
@@ -139,7 +140,7 @@ pub struct AuditRow {
     /// Everything without a column.
     pub extra: Extra,
     /// Log format the row was parsed from.
-    pub src: String,
+    pub src: &'static str,
     /// The record as logged.
     pub raw: String,
     /// Deterministic id (see [`Source::event_id`]).
@@ -192,15 +193,15 @@ fn base_row(rec: &mut LogRecord, src: &Source, raw: String, extra: Extra) -> Aud
         user_name: rec.user_name.take(),
         client_addr: rec.remote_host.take(),
         session_id: rec.session_id.take(),
-        command_tag: String::new(),
+        command_tag: Cow::Borrowed(""),
         object_type: None,
         object_name: None,
         statement: None,
-        audit_class: String::new(),
+        audit_class: Cow::Borrowed(""),
         result: Outcome::Success,
         error_code: None,
         extra,
-        src: src.format.to_string(),
+        src: src.format.as_str(),
         raw,
         event_id: src.event_id(),
         vxid: rec.vxid.take(),
@@ -316,9 +317,9 @@ pub fn unaudited_failure_row(
     extra.insert(Key::StatementFingerprint, statement_fingerprint(&statement));
     extra.insert(Key::ErrorMessage, std::mem::take(&mut rec.message));
     AuditRow {
-        command_tag: command,
+        command_tag: Cow::Owned(command),
         statement: Some(statement),
-        audit_class: class.to_owned(),
+        audit_class: Cow::Borrowed(class),
         result: Outcome::Failure,
         error_code: rec.sql_state.take(),
         ..base_row(&mut rec, src, raw, extra)

@@ -106,6 +106,15 @@ impl From<String> for Value {
     }
 }
 
+impl From<Cow<'static, str>> for Value {
+    fn from(s: Cow<'static, str>) -> Self {
+        match s {
+            Cow::Borrowed(s) => Value::Const(s),
+            Cow::Owned(s) => Value::Text(s),
+        }
+    }
+}
+
 impl From<Arc<str>> for Value {
     fn from(s: Arc<str>) -> Self {
         Value::Shared(s)

@@ -48,7 +48,23 @@ struct Session {
     last_seen: Option<DateTime<Utc>>,
 }
 
+/// Largest buffer a session keeps for its last statement beyond that statement's own size.
+const STATEMENT_KEPT: usize = 64 << 10;
+
 impl Session {
+    /// Remembers the statement being run, reusing the buffer of the one before (no
+    /// allocation per entry; a buffer far larger than the statement is not kept).
+    fn remember_statement(&mut self, id: i64, statement: &str) {
+        match &mut self.last_statement {
+            Some((last_id, text)) if text.capacity() <= STATEMENT_KEPT.max(2 * statement.len()) => {
+                *last_id = id;
+                text.clear();
+                text.push_str(statement);
+            }
+            last => *last = Some((id, statement.to_owned())),
+        }
+    }
+
     fn release_all(&mut self, out: &mut Vec<AuditRow>) {
         while let Some(row) = self.held.pop_front() {
             self.remember(row.vxid.as_deref());
@@ -147,7 +163,7 @@ impl OutcomeTracker {
                 let statement = match &mut entry.statement {
                     Statement::Text(s) => {
                         let s = std::mem::take(s);
-                        session.last_statement = Some((entry.statement_id, s.clone()));
+                        session.remember_statement(entry.statement_id, &s);
                         Some(s)
                     }
                     Statement::PreviouslyLogged => session
@@ -383,7 +399,7 @@ mod tests {
         assert_eq!(d, Disposition::UnauditedFailure);
         assert_eq!(
             (
-                out[0].audit_class.as_str(),
+                &*out[0].audit_class,
                 out[0].extra.get("audit_logged").as_deref()
             ),
             ("UNKNOWN", Some("false"))

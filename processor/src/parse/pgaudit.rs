@@ -7,6 +7,8 @@
 //! `MISC_SET`. Must not: fill `<previously logged>` statements (that needs session state,
 //! kept by the caller).
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::csvrow::read_row;
@@ -39,15 +41,15 @@ pub enum Parameters {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
     /// SESSION or OBJECT.
-    pub audit_type: String,
+    pub audit_type: Cow<'static, str>,
     /// Statement id within the backend.
     pub statement_id: i64,
     /// Substatement id within the statement.
     pub substatement_id: i64,
     /// READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET.
-    pub class: String,
+    pub class: Cow<'static, str>,
     /// Command tag, e.g. `CREATE TABLE`.
-    pub command: String,
+    pub command: Cow<'static, str>,
     /// Object type, e.g. TABLE.
     pub object_type: Option<String>,
     /// Fully qualified object name.
@@ -83,11 +85,11 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         f(i).parse::<i64>()
             .map_err(|_| format!("pgaudit field {} is not a number: {:?}", i + 1, f(i)))
     };
-    let command = f(4).to_owned();
-    let mut class = f(3).to_owned();
-    if class == "MISC" && matches!(command.as_str(), "SET" | "RESET") {
-        class = "MISC_SET".into();
-    }
+    let command = known_command(f(4));
+    let class = match (f(3), &*command) {
+        ("MISC", "SET" | "RESET") => Cow::Borrowed("MISC_SET"),
+        (class, _) => known_class(class),
+    };
     let statement = match f(7) {
         "<not logged>" => Statement::NotLogged,
         "<previously logged>" => Statement::PreviouslyLogged,
@@ -103,7 +105,11 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         }
     };
     Ok(AuditEntry {
-        audit_type: f(0).to_owned(),
+        audit_type: match f(0) {
+            "SESSION" => Cow::Borrowed("SESSION"),
+            "OBJECT" => Cow::Borrowed("OBJECT"),
+            other => Cow::Owned(other.to_owned()),
+        },
         statement_id: int(1)?,
         substatement_id: int(2)?,
         class,
@@ -117,6 +123,42 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         } else {
             None
         },
+    })
+}
+
+/// pgaudit's classes as static text (no allocation per entry); anything else owned.
+fn known_class(class: &str) -> Cow<'static, str> {
+    Cow::Borrowed(match class {
+        "READ" => "READ",
+        "WRITE" => "WRITE",
+        "FUNCTION" => "FUNCTION",
+        "ROLE" => "ROLE",
+        "DDL" => "DDL",
+        "MISC" => "MISC",
+        "MISC_SET" => "MISC_SET",
+        other => return Cow::Owned(other.to_owned()),
+    })
+}
+
+/// The most frequent command tags as static text (no allocation per entry); others owned.
+fn known_command(command: &str) -> Cow<'static, str> {
+    Cow::Borrowed(match command {
+        "SELECT" => "SELECT",
+        "INSERT" => "INSERT",
+        "UPDATE" => "UPDATE",
+        "DELETE" => "DELETE",
+        "MERGE" => "MERGE",
+        "BEGIN" => "BEGIN",
+        "COMMIT" => "COMMIT",
+        "ROLLBACK" => "ROLLBACK",
+        "SET" => "SET",
+        "RESET" => "RESET",
+        "SHOW" => "SHOW",
+        "COPY" => "COPY",
+        "EXECUTE" => "EXECUTE",
+        "CALL" => "CALL",
+        "DO" => "DO",
+        other => return Cow::Owned(other.to_owned()),
     })
 }
 
