@@ -161,7 +161,7 @@ impl Builders {
         self.entries += row.extra.len();
         self.extra.append(true)?;
         self.ingest_ts.append_value(ingest_ts.timestamp_micros());
-        t[SRC].append_value(&row.src);
+        t[SRC].append_value(row.src);
         t[RAW].append_value(&row.raw);
         self.ingest_date.append_value(day);
         t[EVENT_ID].append_value(&row.event_id);
@@ -386,7 +386,7 @@ mod tests {
                 result: Outcome::Success,
                 error_code: None,
                 extra,
-                src: "csvlog".into(),
+                src: "csvlog",
                 raw: "x".repeat(100),
                 event_id: format!("{i:032x}"),
                 vxid: None,
