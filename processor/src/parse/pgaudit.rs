@@ -85,10 +85,10 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         f(i).parse::<i64>()
             .map_err(|_| format!("pgaudit field {} is not a number: {:?}", i + 1, f(i)))
     };
-    let command = known_command(f(4));
+    let command = static_or_owned(f(4), &COMMANDS);
     let class = match (f(3), &*command) {
         ("MISC", "SET" | "RESET") => Cow::Borrowed("MISC_SET"),
-        (class, _) => known_class(class),
+        (class, _) => static_or_owned(class, &CLASSES),
     };
     let statement = match f(7) {
         "<not logged>" => Statement::NotLogged,
@@ -105,11 +105,7 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         }
     };
     Ok(AuditEntry {
-        audit_type: match f(0) {
-            "SESSION" => Cow::Borrowed("SESSION"),
-            "OBJECT" => Cow::Borrowed("OBJECT"),
-            other => Cow::Owned(other.to_owned()),
-        },
+        audit_type: static_or_owned(f(0), &AUDIT_TYPES),
         statement_id: int(1)?,
         substatement_id: int(2)?,
         class,
@@ -126,40 +122,26 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
     })
 }
 
-/// pgaudit's classes as static text (no allocation per entry); anything else owned.
-fn known_class(class: &str) -> Cow<'static, str> {
-    Cow::Borrowed(match class {
-        "READ" => "READ",
-        "WRITE" => "WRITE",
-        "FUNCTION" => "FUNCTION",
-        "ROLE" => "ROLE",
-        "DDL" => "DDL",
-        "MISC" => "MISC",
-        "MISC_SET" => "MISC_SET",
-        other => return Cow::Owned(other.to_owned()),
-    })
-}
+/// pgaudit's audit types.
+const AUDIT_TYPES: [&str; 2] = ["SESSION", "OBJECT"];
 
-/// The most frequent command tags as static text (no allocation per entry); others owned.
-fn known_command(command: &str) -> Cow<'static, str> {
-    Cow::Borrowed(match command {
-        "SELECT" => "SELECT",
-        "INSERT" => "INSERT",
-        "UPDATE" => "UPDATE",
-        "DELETE" => "DELETE",
-        "MERGE" => "MERGE",
-        "BEGIN" => "BEGIN",
-        "COMMIT" => "COMMIT",
-        "ROLLBACK" => "ROLLBACK",
-        "SET" => "SET",
-        "RESET" => "RESET",
-        "SHOW" => "SHOW",
-        "COPY" => "COPY",
-        "EXECUTE" => "EXECUTE",
-        "CALL" => "CALL",
-        "DO" => "DO",
-        other => return Cow::Owned(other.to_owned()),
-    })
+/// pgaudit's classes.
+const CLASSES: [&str; 7] = [
+    "READ", "WRITE", "FUNCTION", "ROLE", "DDL", "MISC", "MISC_SET",
+];
+
+/// The most frequent command tags.
+const COMMANDS: [&str; 15] = [
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "BEGIN", "COMMIT", "ROLLBACK", "SET", "RESET",
+    "SHOW", "COPY", "EXECUTE", "CALL", "DO",
+];
+
+/// `s` as the static text in `known` (no allocation per entry), or owned when it is not there.
+fn static_or_owned(s: &str, known: &[&'static str]) -> Cow<'static, str> {
+    known
+        .iter()
+        .find(|k| **k == s)
+        .map_or_else(|| Cow::Owned(s.to_owned()), |k| Cow::Borrowed(*k))
 }
 
 /// Leading/trailing whitespace and the terminating `;` removed, so pgaudit 1.x (whole query
