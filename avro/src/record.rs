@@ -9,6 +9,7 @@
 //! `apache-avro` accepts for the current schema. Records written with any other schema go through
 //! schema resolution in `wire.rs`. Must not: know about Kafka, files or the registry.
 
+use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
 
 use apache_avro::Schema;
@@ -152,6 +153,51 @@ pub struct RawRecord {
     pub truncated: bool,
     /// Whole length of a truncated record; `None` when not truncated.
     pub original_length: Option<i64>,
+}
+
+/// A [`RawRecord`] whose bytes may borrow from the message it was decoded from (the processor
+/// reads them in place instead of copying every record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecordRef<'a> {
+    /// Where the record came from.
+    pub source: RecordSource,
+    /// Byte offset of the first byte of the record in its file.
+    pub offset: i64,
+    /// Record bytes exactly as written (see [`RawRecord::data`]).
+    pub data: Cow<'a, [u8]>,
+    /// When the shipper read it, microseconds since the Unix epoch (UTC).
+    pub read_at_micros: i64,
+    /// Whether `data` holds only the first bytes of a longer record.
+    pub truncated: bool,
+    /// Whole length of a truncated record; `None` when not truncated.
+    pub original_length: Option<i64>,
+}
+
+impl RawRecordRef<'_> {
+    /// The record with its bytes owned.
+    pub fn into_owned(self) -> RawRecord {
+        RawRecord {
+            source: self.source,
+            offset: self.offset,
+            data: self.data.into_owned(),
+            read_at_micros: self.read_at_micros,
+            truncated: self.truncated,
+            original_length: self.original_length,
+        }
+    }
+}
+
+impl From<RawRecord> for RawRecordRef<'static> {
+    fn from(r: RawRecord) -> Self {
+        RawRecordRef {
+            source: r.source,
+            offset: r.offset,
+            data: Cow::Owned(r.data),
+            read_at_micros: r.read_at_micros,
+            truncated: r.truncated,
+            original_length: r.original_length,
+        }
+    }
 }
 
 /// Encodes the per-file part of the envelope once; [`encode_datum`] appends the rest.
@@ -301,6 +347,14 @@ pub fn decode_current_datum_cached(
     datum: &[u8],
     cache: &mut SourceCache,
 ) -> Result<RawRecord, AvroError> {
+    decode_current_datum_ref(datum, cache).map(RawRecordRef::into_owned)
+}
+
+/// [`decode_current_datum_cached`] with the record's bytes borrowed from `datum`.
+pub fn decode_current_datum_ref<'a>(
+    datum: &'a [u8],
+    cache: &mut SourceCache,
+) -> Result<RawRecordRef<'a>, AvroError> {
     let mut c = Cursor { buf: datum, pos: 0 };
     for _ in 0..3 {
         c.bytes()?;
@@ -318,7 +372,7 @@ pub fn decode_current_datum_cached(
         }
     };
     let offset = c.long()?;
-    let data = c.bytes()?.to_vec();
+    let data = Cow::Borrowed(c.bytes()?);
     let read_at_micros = c.long()?;
     let truncated = c.boolean()?;
     let original_length = match c.long()? {
@@ -329,7 +383,7 @@ pub fn decode_current_datum_cached(
     if c.pos != datum.len() {
         return Err(malformed("trailing bytes after the datum"));
     }
-    Ok(RawRecord {
+    Ok(RawRecordRef {
         source,
         offset,
         data,

@@ -16,8 +16,8 @@ use apache_avro::reader::datum::GenericDatumReader;
 
 use crate::error::AvroError;
 use crate::record::{
-    KNOWN_SCHEMAS, RawRecord, RecordFields, SourceCache, current_schema,
-    decode_current_datum_cached, encode_datum, record_from_value,
+    KNOWN_SCHEMAS, RawRecord, RawRecordRef, RecordFields, SourceCache, current_schema,
+    decode_current_datum_cached, decode_current_datum_ref, encode_datum, record_from_value,
 };
 use crate::registry::Registry;
 
@@ -103,6 +103,12 @@ impl Decoder {
         decode_current_datum_cached(datum, &mut sources)
     }
 
+    /// [`Decoder::decode_current`], the bytes borrowed from `datum`.
+    fn decode_current_ref<'a>(&self, datum: &'a [u8]) -> Result<RawRecordRef<'a>, AvroError> {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        decode_current_datum_ref(datum, &mut sources)
+    }
+
     /// Decodes a message value of either framing.
     pub async fn decode(&self, msg: &[u8]) -> Result<RawRecord, AvroError> {
         match msg.first() {
@@ -130,6 +136,16 @@ impl Decoder {
 
     /// Decodes a single-object encoded message without any I/O.
     pub fn decode_single_object(&self, msg: &[u8]) -> Result<RawRecord, AvroError> {
+        self.decode_single_object_ref(msg)
+            .map(RawRecordRef::into_owned)
+    }
+
+    /// [`Decoder::decode_single_object`], the record's bytes borrowed from `msg` when it was
+    /// written with the current schema.
+    pub fn decode_single_object_ref<'a>(
+        &self,
+        msg: &'a [u8],
+    ) -> Result<RawRecordRef<'a>, AvroError> {
         if msg.len() < 10 {
             return Err(AvroError::TooShort { len: msg.len() });
         }
@@ -142,7 +158,7 @@ impl Decoder {
         fp.copy_from_slice(&msg[2..10]);
         let datum = &msg[10..];
         if fp == self.current {
-            return self.decode_current(datum);
+            return self.decode_current_ref(datum);
         }
         let index = self
             .by_fingerprint
@@ -150,7 +166,7 @@ impl Decoder {
             .ok_or_else(|| AvroError::UnknownFingerprint {
                 fingerprint: fp.iter().map(|b| format!("{b:02x}")).collect(),
             })?;
-        resolve(&KNOWN_SCHEMAS[*index], datum, "known schema")
+        resolve(&KNOWN_SCHEMAS[*index], datum, "known schema").map(RawRecordRef::from)
     }
 }
 
@@ -209,6 +225,13 @@ mod tests {
             Decoder::new(None).decode_single_object(&msg).unwrap(),
             sample()
         );
+        // The borrowing decode reads the record's bytes in place, and the same record.
+        let r = Decoder::new(None).decode_single_object_ref(&msg).unwrap();
+        let std::borrow::Cow::Borrowed(data) = &r.data else {
+            panic!("current-schema bytes are borrowed");
+        };
+        assert!(msg.as_ptr_range().contains(&data.as_ptr()));
+        assert_eq!(r.into_owned(), sample());
     }
 
     #[test]

@@ -113,7 +113,9 @@ fn pipeline_into(
         }
     };
     for (offset, msg) in msgs.iter().enumerate() {
-        let decoded = decoder.decode_single_object(msg).map_err(|e| e.to_string());
+        let decoded = decoder
+            .decode_single_object_ref(msg)
+            .map_err(|e| e.to_string());
         let mut out = Outputs::default();
         part.push(
             Incoming {

@@ -1,8 +1,8 @@
 //! Audit rows: the standard audit schema's columns built from parsed log records.
 //!
-//! Owns [`AuditRow`] (one row of a server's table, before Kafka coordinates and ingest time
-//! are added by the writer), [`Source`] (where a record came from) and the row builders for
-//! pgaudit entries and for failed statements pgaudit never logged. `outcome` decides SUCCESS
+//! Owns [`Source`] (where a record came from) and the row builders for pgaudit entries and for
+//! failed statements pgaudit never logged; [`AuditRow`] (one row of a server's table, before
+//! Kafka coordinates and ingest time are added by the writer) lives in `row`. `outcome` decides SUCCESS
 //! or FAILURE. Invariant: `event_id` is a deterministic function of the source coordinates
 //! (server, file identity, byte offset), so a record shipped twice yields the same id.
 //! Must not: do I/O.
@@ -10,11 +10,11 @@
 mod classify;
 mod extra;
 pub mod outcome;
+mod row;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use pgtrail_avro::LogFormat;
 use serde::Serialize;
 
@@ -22,7 +22,8 @@ use crate::parse::LogRecord;
 use crate::parse::pgaudit::{AuditEntry, Parameters, Statement, normalize_statement};
 
 pub use classify::classify;
-pub use extra::{Extra, Key};
+pub use extra::{Extra, ExtraView, Key, Value};
+pub use row::{AuditRow, RowText, Span};
 
 /// Where a log record came from (the shipper's envelope; texts shared by every record of a
 /// file).
@@ -49,6 +50,12 @@ impl Source {
     /// Deterministic id of the event from these coordinates (one log record yields at most one
     /// row): 32 hex digits of xxh3-128 over `server \x1f file_id \x1f offset`.
     pub fn event_id(&self) -> String {
+        let mut digits = [0u8; 32];
+        hex(self.event_hash(), 32, &mut digits).to_owned()
+    }
+
+    /// [`Source::event_id`]'s hash.
+    fn event_hash(&self) -> u128 {
         let mut offset = itoa::Buffer::new();
         let parts = [
             self.server.as_bytes(),
@@ -60,7 +67,7 @@ impl Source {
         // The key on the stack when it fits (it nearly always does).
         let mut stack = [0u8; 256];
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let hash = if len <= stack.len() {
+        if len <= stack.len() {
             let mut at = 0;
             for p in parts {
                 stack[at..at + p.len()].copy_from_slice(p);
@@ -69,24 +76,20 @@ impl Source {
             xxhash_rust::xxh3::xxh3_128(&stack[..len])
         } else {
             xxhash_rust::xxh3::xxh3_128(&parts.concat())
-        };
-        hex(hash, 32)
+        }
     }
 }
 
-/// The low `digits` hex digits of `v`, zero-padded (`{:0digits$x}`), without the formatting
-/// machinery.
-fn hex(v: u128, digits: usize) -> String {
+/// The low `digits` hex digits of `v`, zero-padded (`{:0digits$x}`), written into `out`:
+/// without the formatting machinery or an allocation.
+fn hex(v: u128, digits: usize, out: &mut [u8; 32]) -> &str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 32];
     for (pair, b) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 0xf)];
     }
     // Only ASCII hex digits were written.
-    std::str::from_utf8(&out[32 - digits.min(32)..])
-        .unwrap_or_default()
-        .to_owned()
+    std::str::from_utf8(&out[32 - digits.min(32)..]).unwrap_or_default()
 }
 
 /// SUCCESS or FAILURE.
@@ -110,61 +113,58 @@ impl Outcome {
     }
 }
 
-/// One audit row (columns of the standard audit schema without the Kafka and ingest ones).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AuditRow {
-    /// When the statement was logged, UTC.
-    pub event_time: Option<DateTime<Utc>>,
-    /// Database.
-    pub db_name: Option<String>,
-    /// Role.
-    pub user_name: Option<String>,
-    /// Client address (`[local]` for Unix sockets).
-    pub client_addr: Option<String>,
-    /// PostgreSQL session id.
-    pub session_id: Option<String>,
-    /// Command (pgaudit's, or inferred for unaudited failures).
-    pub command_tag: Cow<'static, str>,
-    /// Object type.
-    pub object_type: Option<String>,
-    /// Object name.
-    pub object_name: Option<String>,
-    /// Normalized statement; `None` when not logged.
-    pub statement: Option<String>,
-    /// READ, WRITE, FUNCTION, ROLE, DDL, MISC, MISC_SET, UNKNOWN.
-    pub audit_class: Cow<'static, str>,
-    /// SUCCESS or FAILURE.
-    pub result: Outcome,
-    /// SQLSTATE of the failure; `None` on success or where the format carries none.
-    pub error_code: Option<String>,
-    /// Everything without a column.
-    pub extra: Extra,
-    /// Log format the row was parsed from.
-    pub src: &'static str,
-    /// The record as logged.
-    pub raw: String,
-    /// Deterministic id (see [`Source::event_id`]).
-    pub event_id: String,
-    /// Virtual transaction id (outcome matching; also in `extra`).
-    #[serde(skip)]
-    pub vxid: Option<String>,
-    /// [`Source::origin`] of the record the row came from.
-    #[serde(skip)]
-    pub origin: i64,
+/// Room for the texts a row appends after its raw record: the event id, the fingerprint and a
+/// few short fields that are not inside the raw record.
+const ROW_ROOM: usize = 96;
+
+/// What a row's `extra` holds beyond the record's entries.
+enum Specific<'e, 'a> {
+    /// A pgaudit entry, and its statement's fingerprint.
+    Audit(&'e AuditEntry<'a>, Option<Span>),
+    /// A failed statement pgaudit never logged: its fingerprint and error message.
+    Unaudited { fingerprint: Span, message: Span },
 }
 
-/// Entries every row has, moved out of the record (one entry per `Some`), in key order.
-fn common_extra(rec: &mut LogRecord, src: &Source, room: usize) -> Extra {
-    let mut e = Extra::with_capacity(10 + room);
-    if let Some(v) = rec.application_name.take() {
-        e.insert(Key::ApplicationName, v);
+/// A row's `extra`, built in key order (each entry appended: inserting in the middle moved
+/// the entries after it, a twentieth of the per-row time); texts as ranges of the row's buffer.
+fn row_extra(
+    rec: &LogRecord<'_>,
+    src: &Source,
+    t: &mut RowText<'_>,
+    specific: &Specific<'_, '_>,
+) -> Extra {
+    let audit = match specific {
+        Specific::Audit(entry, _) => Some(*entry),
+        Specific::Unaudited { .. } => None,
+    };
+    let mut e = Extra::with_capacity(18);
+    if let Some(v) = &rec.application_name {
+        e.insert(Key::ApplicationName, t.put(v));
     }
-    if let Some(v) = rec.backend_type.take() {
-        e.insert(Key::BackendType, v);
+    if audit.is_none() {
+        e.insert(Key::AuditLogged, "false");
+    }
+    if let Some(entry) = audit {
+        let audit_type = fixed(t, &entry.audit_type);
+        e.insert(Key::AuditType, audit_type);
+    }
+    if let Some(v) = &rec.backend_type {
+        e.insert(Key::BackendType, t.put(v));
+    }
+    if let Specific::Unaudited { message, .. } = specific {
+        e.insert(Key::ErrorMessage, *message);
     }
     e.insert(Key::Host, Arc::clone(&src.host));
     if let Some(v) = rec.leader_pid {
         e.insert(Key::LeaderPid, v);
+    }
+    if let Some(entry) = audit {
+        match &entry.parameters {
+            Parameters::Values(v) => e.insert(Key::Parameters, t.append_joined(v, ",")),
+            Parameters::NotLogged => e.insert(Key::Parameters, "<not logged>"),
+            Parameters::PreviouslyLogged => e.insert(Key::Parameters, "<previously logged>"),
+            Parameters::None => {}
+        }
     }
     if let Some(v) = rec.process_id {
         e.insert(Key::ProcessId, v);
@@ -172,45 +172,88 @@ fn common_extra(rec: &mut LogRecord, src: &Source, room: usize) -> Extra {
     if let Some(v) = rec.query_id {
         e.insert(Key::QueryId, v);
     }
+    if let Some(rows) = audit.and_then(|a| a.rows) {
+        e.insert(Key::Rows, rows);
+    }
     if let Some(v) = rec.session_line_num {
         e.insert(Key::SessionLineNum, v);
     }
     e.insert(Key::SourceFile, Arc::clone(&src.path));
-    if let Some(v) = rec.txid.take() {
-        e.insert(Key::Txid, v);
+    match specific {
+        Specific::Audit(_, Some(f)) | Specific::Unaudited { fingerprint: f, .. } => {
+            e.insert(Key::StatementFingerprint, *f);
+        }
+        Specific::Audit(_, None) => {}
     }
-    if let Some(v) = rec.vxid.clone() {
-        e.insert(Key::Vxid, v);
+    if let Some(entry) = audit {
+        e.insert(Key::StatementId, entry.statement_id);
+        if entry.statement == Statement::NotLogged {
+            e.insert(Key::StatementLogged, "false");
+        }
+        e.insert(Key::SubstatementId, entry.substatement_id);
+    }
+    if let Some(v) = &rec.txid {
+        e.insert(Key::Txid, t.put(v));
+    }
+    if let Some(v) = &rec.vxid {
+        e.insert(Key::Vxid, t.put(v));
     }
     e
 }
 
-/// A SUCCESS row with the record's columns (moved out of it) and no audit fields yet.
-fn base_row(rec: &mut LogRecord, src: &Source, raw: String, extra: Extra) -> AuditRow {
+/// What distinguishes the two kinds of rows.
+struct Audit {
+    command_tag: Cow<'static, str>,
+    audit_class: Cow<'static, str>,
+    object_type: Option<Span>,
+    object_name: Option<Span>,
+    statement: Option<Span>,
+    result: Outcome,
+    error_code: Option<Span>,
+}
+
+/// A row with the record's columns, `audit`'s and `extra`; finishes the buffer.
+fn assemble(
+    rec: &LogRecord<'_>,
+    src: &Source,
+    mut t: RowText<'_>,
+    extra: Extra,
+    audit: Audit,
+) -> AuditRow {
+    let mut id = [0u8; 32];
+    let event_id = t.append(hex(src.event_hash(), 32, &mut id));
     AuditRow {
         event_time: rec.log_time,
-        db_name: rec.database_name.take(),
-        user_name: rec.user_name.take(),
-        client_addr: rec.remote_host.take(),
-        session_id: rec.session_id.take(),
-        command_tag: Cow::Borrowed(""),
-        object_type: None,
-        object_name: None,
-        statement: None,
-        audit_class: Cow::Borrowed(""),
-        result: Outcome::Success,
-        error_code: None,
-        extra,
+        command_tag: audit.command_tag,
+        audit_class: audit.audit_class,
+        result: audit.result,
         src: src.format.as_str(),
-        raw,
-        event_id: src.event_id(),
-        vxid: rec.vxid.take(),
         origin: src.origin,
+        db_name: t.opt(rec.database_name.as_deref()),
+        user_name: t.opt(rec.user_name.as_deref()),
+        client_addr: t.opt(rec.remote_host.as_deref()),
+        session_id: t.opt(rec.session_id.as_deref()),
+        object_type: audit.object_type,
+        object_name: audit.object_name,
+        statement: audit.statement,
+        error_code: audit.error_code,
+        extra,
+        raw: t.raw(),
+        event_id,
+        vxid: t.opt(rec.vxid.as_deref()),
+        text: t.finish(),
     }
 }
 
-/// Fingerprint of a statement: xxh3 of its lower-cased, whitespace-collapsed text.
+/// Fingerprint of a statement: xxh3 of its lower-cased, whitespace-collapsed text, as 16 hex
+/// digits.
 pub fn statement_fingerprint(statement: &str) -> String {
+    let mut digits = [0u8; 32];
+    hex(fingerprint_hash(statement), 16, &mut digits).to_owned()
+}
+
+/// [`statement_fingerprint`]'s 64-bit hash.
+fn fingerprint_hash(statement: &str) -> u128 {
     FOLDED.with_borrow_mut(|folded| {
         folded.clear();
         fold_statement(statement, folded);
@@ -218,7 +261,7 @@ pub fn statement_fingerprint(statement: &str) -> String {
         if folded.capacity() > FOLDED_MAX {
             *folded = Vec::new();
         }
-        hex(u128::from(hash), 16)
+        u128::from(hash)
     })
 }
 
@@ -265,65 +308,75 @@ fn fold_statement(statement: &str, folded: &mut Vec<u8>) {
     }
 }
 
-/// The row of a pgaudit entry; `statement` is the entry's statement after
-/// `<previously logged>` was filled (`None` when not logged).
-pub fn audit_row(
-    mut rec: LogRecord,
-    entry: AuditEntry,
-    statement: Option<String>,
-    src: &Source,
-    raw: String,
-) -> AuditRow {
-    let mut extra = common_extra(&mut rec, src, 8);
-    extra.insert(Key::AuditType, entry.audit_type);
-    extra.insert(Key::StatementId, entry.statement_id);
-    extra.insert(Key::SubstatementId, entry.substatement_id);
-    match &entry.parameters {
-        Parameters::Values(v) => extra.insert(Key::Parameters, v.join(",")),
-        Parameters::NotLogged => extra.insert(Key::Parameters, "<not logged>"),
-        Parameters::PreviouslyLogged => extra.insert(Key::Parameters, "<previously logged>"),
-        Parameters::None => {}
-    }
-    if let Some(rows) = entry.rows {
-        extra.insert(Key::Rows, rows);
-    }
-    if entry.statement == Statement::NotLogged {
-        extra.insert(Key::StatementLogged, "false");
-    }
-    if let Some(s) = &statement {
-        extra.insert(Key::StatementFingerprint, statement_fingerprint(s));
-    }
-    AuditRow {
-        command_tag: entry.command,
-        object_type: entry.object_type,
-        object_name: entry.object_name,
-        statement,
-        audit_class: entry.class,
-        ..base_row(&mut rec, src, raw, extra)
+/// A `Cow<'static, str>` as an `extra` value: the static text, or a copy in the row's buffer.
+#[allow(clippy::ptr_arg)] // Which variant it is matters: a static text is not copied.
+fn fixed(t: &mut RowText<'_>, s: &Cow<'static, str>) -> Value {
+    match s {
+        Cow::Borrowed(s) => Value::Const(s),
+        Cow::Owned(s) => Value::Span(t.append(s)),
     }
 }
 
-/// The row of a failed statement pgaudit never logged, from its ERROR/FATAL record.
+/// The row of a pgaudit entry; `statement` is the entry's statement after
+/// `<previously logged>` was filled (`None` when not logged); `raw` the record as logged.
+pub fn audit_row(
+    rec: &LogRecord<'_>,
+    entry: &AuditEntry<'_>,
+    statement: Option<&str>,
+    src: &Source,
+    raw: &str,
+) -> AuditRow {
+    let mut t = RowText::new(raw, ROW_ROOM);
+    let fingerprint = statement.map(|s| {
+        let mut digits = [0u8; 32];
+        t.append(hex(fingerprint_hash(s), 16, &mut digits))
+    });
+    let extra = row_extra(rec, src, &mut t, &Specific::Audit(entry, fingerprint));
+    let audit = Audit {
+        command_tag: entry.command.clone(),
+        audit_class: entry.class.clone(),
+        object_type: t.opt(entry.object_type.as_deref()),
+        object_name: t.opt(entry.object_name.as_deref()),
+        statement: t.opt(statement),
+        result: Outcome::Success,
+        error_code: None,
+    };
+    assemble(rec, src, t, extra, audit)
+}
+
+/// The row of a failed statement pgaudit never logged, from its ERROR/FATAL record;
+/// `raw` the record as logged.
 pub fn unaudited_failure_row(
-    mut rec: LogRecord,
+    rec: &LogRecord<'_>,
     statement: &str,
     src: &Source,
-    raw: String,
+    raw: &str,
 ) -> AuditRow {
     let statement = normalize_statement(statement);
-    let (class, command) = classify(&statement);
-    let mut extra = common_extra(&mut rec, src, 3);
-    extra.insert(Key::AuditLogged, "false");
-    extra.insert(Key::StatementFingerprint, statement_fingerprint(&statement));
-    extra.insert(Key::ErrorMessage, std::mem::take(&mut rec.message));
-    AuditRow {
+    let (class, command) = classify(statement);
+    let mut t = RowText::new(raw, ROW_ROOM);
+    let mut digits = [0u8; 32];
+    let fingerprint = t.append(hex(fingerprint_hash(statement), 16, &mut digits));
+    let message = t.put(&rec.message);
+    let extra = row_extra(
+        rec,
+        src,
+        &mut t,
+        &Specific::Unaudited {
+            fingerprint,
+            message,
+        },
+    );
+    let audit = Audit {
         command_tag: Cow::Owned(command),
-        statement: Some(statement),
         audit_class: Cow::Borrowed(class),
+        object_type: None,
+        object_name: None,
+        statement: Some(t.put(statement)),
         result: Outcome::Failure,
-        error_code: rec.sql_state.take(),
-        ..base_row(&mut rec, src, raw, extra)
-    }
+        error_code: t.opt(rec.sql_state.as_deref()),
+    };
+    assemble(rec, src, t, extra, audit)
 }
 
 #[cfg(test)]

@@ -43,12 +43,22 @@ impl ServerFormat {
     }
 }
 
-/// A parsed record: the log record, and for stderr whether it is an auxiliary line.
-pub fn parse_record(
+/// A parsed record: the log record (texts borrowed from `text`), and for stderr whether it is
+/// an auxiliary line. `text` is the record as shipped; when it was not UTF-8, `invalid` says
+/// why and `text` has the bad bytes replaced: csvlog reads it so (the field it hits keeps
+/// U+FFFD), jsonlog and stderr reject it.
+pub fn parse_record<'a>(
     format: LogFormat,
-    data: &[u8],
+    text: &'a str,
+    invalid: Option<std::str::Utf8Error>,
     server: &ServerFormat,
-) -> Result<(LogRecord, stderr::LineKind), String> {
+) -> Result<(LogRecord<'a>, stderr::LineKind), String> {
+    if let Some(e) = invalid
+        && format != LogFormat::Csvlog
+    {
+        return Err(format!("{}: invalid UTF-8: {e}", format.as_str()));
+    }
+    let data = text;
     match format {
         LogFormat::Csvlog => {
             csvlog::parse_csvlog(data, server.zone).map(|r| (r, stderr::LineKind::Primary))

@@ -17,13 +17,14 @@
 //!
 //! Must not: do I/O (the caller writes rows and dead letters).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashSet};
-use pgtrail_avro::{LogFormat, RawRecord};
+use pgtrail_avro::{LogFormat, RawRecordRef};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::outcome::{Disposition, OutcomeTracker};
@@ -218,7 +219,7 @@ impl Partition {
     pub fn push(
         &mut self,
         msg: Incoming<'_>,
-        record: Result<RawRecord, String>,
+        record: Result<RawRecordRef<'_>, String>,
         servers: &mut dyn Servers,
         metrics: &Metrics,
         out: &mut Outputs,
@@ -267,9 +268,26 @@ impl Partition {
             metrics.skipped("format_filtered");
             return;
         }
+        // The record's text, validated once and read in place (in the message): the parsers
+        // borrow their fields from it and a row copies it whole (one copy instead of a dozen
+        // field strings).
+        let (raw, invalid): (Cow<'_, str>, _) = match rec.data {
+            Cow::Borrowed(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => (Cow::Borrowed(text), None),
+                Err(e) => (String::from_utf8_lossy(bytes), Some(e)),
+            },
+            Cow::Owned(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => (Cow::Owned(text), None),
+                Err(e) => {
+                    let why = e.utf8_error();
+                    let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                    (Cow::Owned(text), Some(why))
+                }
+            },
+        };
         let parsed = servers
             .format(&rec.source.server)
-            .and_then(|server| parse_record(format, &rec.data, server));
+            .and_then(|server| parse_record(format, &raw, invalid, server));
         let (log, kind) = match parsed {
             Ok(p) => p,
             Err(reason) => {
@@ -284,24 +302,26 @@ impl Partition {
                 return;
             }
         };
-        let tag = Tag {
-            source: Source {
-                server: rec.source.server,
-                host: rec.source.host,
-                format,
-                path: rec.source.source_path,
-                file_id: rec.source.file_id,
-                offset: rec.offset,
-                origin: offset,
-            },
-            raw: String::from_utf8(rec.data)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        let source = Source {
+            server: rec.source.server,
+            host: rec.source.host,
+            format,
+            path: rec.source.source_path,
+            file_id: rec.source.file_id,
+            offset: rec.offset,
+            origin: offset,
         };
         if format == LogFormat::Stderr {
             if let Some(t) = log.log_time {
                 self.stderr_watermark = Some(self.stderr_watermark.map_or(t, |w| w.max(t)));
             }
             self.add_pending(offset);
+            // Held until its auxiliary lines arrived: the record owns its texts.
+            let log = log.into_owned();
+            let tag = Tag {
+                source,
+                raw: raw.into_owned(),
+            };
             let mut done = self.assembler.push(log, kind, tag);
             if let Some(w) = self.stderr_watermark {
                 done.extend(self.assembler.finish_before(w - STDERR_SETTLE));
@@ -309,27 +329,29 @@ impl Partition {
             // Lines of a stderr record span messages: dead letters carry the record's text.
             for (log, tag) in done {
                 self.remove_pending(tag.source.origin);
-                self.track(log, tag, None, &[], metrics, out);
+                self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
             }
         } else {
-            self.track(log, tag, key, payload, metrics, out);
+            self.track(&log, &source, &raw, key, payload, metrics, out);
         }
     }
 
+    /// Hands a parsed record (`raw`: its text) to the outcome tracker and emits what that
+    /// released; an unparseable audit entry is dead-lettered.
+    #[allow(clippy::too_many_arguments)]
     fn track(
         &mut self,
-        log: LogRecord,
-        mut tag: Tag,
+        log: &LogRecord<'_>,
+        source: &Source,
+        raw: &str,
         key: Option<&[u8]>,
         payload: &[u8],
         metrics: &Metrics,
         out: &mut Outputs,
     ) {
         let mut released = std::mem::take(&mut self.released);
-        let offset = tag.source.origin;
-        let disposition = self
-            .tracker
-            .push(log, &tag.source, &mut tag.raw, &mut released);
+        let offset = source.origin;
+        let disposition = self.tracker.push(log, source, raw, &mut released);
         match disposition {
             // Every row emitted releases one pending count of its origin.
             Disposition::Held | Disposition::UnauditedFailure => self.add_pending(offset),
@@ -342,7 +364,7 @@ impl Partition {
                     reason,
                     key: key.map(<[u8]>::to_vec),
                     payload: if payload.is_empty() {
-                        tag.raw.as_bytes().to_vec()
+                        raw.as_bytes().to_vec()
                     } else {
                         payload.to_vec()
                     },
@@ -385,7 +407,7 @@ impl Partition {
     pub fn finish(&mut self, metrics: &Metrics, out: &mut Outputs) {
         for (log, tag) in self.assembler.finish() {
             self.remove_pending(tag.source.origin);
-            self.track(log, tag, None, &[], metrics, out);
+            self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
         }
         let mut released = Vec::new();
         self.tracker.finish(&mut released);

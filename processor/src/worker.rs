@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use pgtrail_avro::{Decoder, LogFormat, RawRecord};
+use pgtrail_avro::{Decoder, LogFormat, RawRecordRef};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -329,13 +329,15 @@ impl Worker {
         if a.partition.last_offset().is_some_and(|l| offset <= l) {
             return Ok(()); // Already handled (re-read while resuming).
         }
-        let decoded: Result<RawRecord, String> = if payload.first() == Some(&0) {
+        let decoded: Result<RawRecordRef<'_>, String> = if payload.first() == Some(&0) {
             self.rt
                 .block_on(self.decoder.decode(payload))
+                .map(RawRecordRef::from)
                 .map_err(|e| e.to_string())
         } else {
+            // The record's bytes stay in the message: parsed in place, copied once into a row.
             self.decoder
-                .decode_single_object(payload)
+                .decode_single_object_ref(payload)
                 .map_err(|e| e.to_string())
         };
         match &decoded {

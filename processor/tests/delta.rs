@@ -22,7 +22,7 @@ fn rows(n: i64, partition: i32, first_offset: i64) -> Vec<LakeRow> {
             i + 3,
             i + 1
         );
-        let rec = parse_csvlog(line.as_bytes(), None).unwrap();
+        let rec = parse_csvlog(&line, None).unwrap();
         let src = Source {
             server: "primary".into(),
             host: "h".into(),
@@ -32,7 +32,7 @@ fn rows(n: i64, partition: i32, first_offset: i64) -> Vec<LakeRow> {
             offset: first_offset + i,
             origin: first_offset + i,
         };
-        tracker.push(rec, &src, &mut line.clone(), &mut out);
+        tracker.push(&rec, &src, &line, &mut out);
     }
     tracker.finish(&mut out);
     let ingest: DateTime<Utc> = "2026-11-23T10:00:00Z".parse().unwrap();
@@ -197,7 +197,7 @@ async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
     // Values back as written, the delta-encoded columns included.
     let written = |r: &LakeRow| {
         (
-            r.row.raw.clone(),
+            r.row.raw().to_owned(),
             r.kafka.offset,
             r.row.event_time.unwrap().timestamp_micros(),
         )

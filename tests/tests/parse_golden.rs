@@ -15,15 +15,25 @@ use pgtrail_tests::workspace_root;
 use processor::audit::outcome::{Disposition, OutcomeTracker};
 use processor::audit::{AuditRow, Outcome, Source};
 use processor::parse::pgaudit::{AuditEntry, parse_audit};
-use processor::parse::stderr::StderrAssembler;
+use processor::parse::stderr::{LineKind, StderrAssembler};
 use processor::parse::{LogRecord, ServerFormat, parse_record};
 
-fn parse_dir(dir: &Path, server: &ServerFormat) -> BTreeMap<LogFormat, Vec<LogRecord>> {
-    let mut out: BTreeMap<LogFormat, Vec<LogRecord>> = BTreeMap::new();
+/// One record parsed, its texts owned (kept beyond the record's bytes).
+fn parse_owned(
+    format: LogFormat,
+    data: &[u8],
+    server: &ServerFormat,
+) -> Result<(LogRecord<'static>, LineKind), String> {
+    let text = std::str::from_utf8(data).map_err(|e| e.to_string())?;
+    parse_record(format, text, None, server).map(|(r, k)| (r.into_owned(), k))
+}
+
+fn parse_dir(dir: &Path, server: &ServerFormat) -> BTreeMap<LogFormat, Vec<LogRecord<'static>>> {
+    let mut out: BTreeMap<LogFormat, Vec<LogRecord<'static>>> = BTreeMap::new();
     let mut assembler = StderrAssembler::default();
     for r in expected_records(dir) {
         let format = LogFormat::from_path(Path::new(&r.path));
-        let (rec, kind) = parse_record(format, &r.data, server).unwrap_or_else(|e| {
+        let (rec, kind) = parse_owned(format, &r.data, server).unwrap_or_else(|e| {
             panic!(
                 "{}@{}: {e}: {:?}",
                 r.path,
@@ -46,16 +56,23 @@ fn parse_dir(dir: &Path, server: &ServerFormat) -> BTreeMap<LogFormat, Vec<LogRe
     out
 }
 
-fn audits(records: &[LogRecord]) -> Vec<(Option<String>, AuditEntry)> {
+fn audits(records: &[LogRecord<'static>]) -> Vec<(Option<String>, AuditEntry<'static>)> {
     let mut v: Vec<_> = records
         .iter()
-        .filter_map(|r| parse_audit(&r.message).map(|a| (r.session_id.clone(), a.unwrap())))
+        .filter_map(|r| {
+            parse_audit(&r.message).map(|a| {
+                (
+                    r.session_id.as_deref().map(str::to_owned),
+                    a.unwrap().into_owned(),
+                )
+            })
+        })
         .collect();
     v.sort_by_key(|(s, a)| format!("{s:?}{a:?}"));
     v
 }
 
-fn check(dir: &Path, prefix: &str, name: &str) -> Vec<(Option<String>, AuditEntry)> {
+fn check(dir: &Path, prefix: &str, name: &str) -> Vec<(Option<String>, AuditEntry<'static>)> {
     let server = ServerFormat::new(prefix, None).unwrap();
     let parsed = parse_dir(dir, &server);
     let (csv, json, stderr) = (
@@ -70,7 +87,7 @@ fn check(dir: &Path, prefix: &str, name: &str) -> Vec<(Option<String>, AuditEntr
         "{name}: csvlog and jsonlog record counts"
     );
     // Concurrent backends may reach the two destinations in different orders: compare sorted.
-    let sorted = |v: &[LogRecord]| {
+    let sorted = |v: &[LogRecord<'static>]| {
         let mut v = v.to_vec();
         v.sort_by_key(|r| {
             (
@@ -92,7 +109,7 @@ fn check(dir: &Path, prefix: &str, name: &str) -> Vec<(Option<String>, AuditEntr
         "{name}: stderr records after attaching DETAIL/STATEMENT lines"
     );
     // Same time, process and message can repeat (one process, one millisecond): match in order.
-    let mut by_key: BTreeMap<_, std::collections::VecDeque<&LogRecord>> = BTreeMap::new();
+    let mut by_key: BTreeMap<_, std::collections::VecDeque<&LogRecord<'static>>> = BTreeMap::new();
     for s in stderr {
         by_key
             .entry((s.log_time, s.process_id, s.message.clone()))
@@ -238,23 +255,24 @@ fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<Audit
         .into_iter()
         .filter(|r| LogFormat::from_path(Path::new(&r.path)) == format)
         .collect();
-    let mut feed =
-        |rec: LogRecord, r: &pgtrail_tests::pglogs::ExpectedRecord, rows: &mut Vec<AuditRow>| {
-            let src = Source {
-                server: "golden".into(),
-                host: "h".into(),
-                format,
-                path: r.path.as_str().into(),
-                file_id: r.path.as_str().into(),
-                offset: r.offset as i64,
-                origin: r.offset as i64,
-            };
-            let mut raw = String::from_utf8_lossy(&r.data).into_owned();
-            let d = tracker.push(rec, &src, &mut raw, rows);
-            assert!(!matches!(d, Disposition::Poison(_)), "{d:?}");
+    let mut feed = |rec: LogRecord<'static>,
+                    r: &pgtrail_tests::pglogs::ExpectedRecord,
+                    rows: &mut Vec<AuditRow>| {
+        let src = Source {
+            server: "golden".into(),
+            host: "h".into(),
+            format,
+            path: r.path.as_str().into(),
+            file_id: r.path.as_str().into(),
+            offset: r.offset as i64,
+            origin: r.offset as i64,
         };
+        let raw = String::from_utf8_lossy(&r.data);
+        let d = tracker.push(&rec, &src, &raw, rows);
+        assert!(!matches!(d, Disposition::Poison(_)), "{d:?}");
+    };
     for r in &records {
-        let (rec, kind) = parse_record(format, &r.data, server).unwrap();
+        let (rec, kind) = parse_owned(format, &r.data, server).unwrap();
         let done = if format == LogFormat::Stderr {
             assembler.push(rec, kind, r)
         } else {
@@ -281,27 +299,23 @@ fn workload_failures_get_failure_and_their_sqlstate_in_every_format() {
     for name in ["primary", "replica"] {
         for format in LogFormat::ALL {
             let rows = audit_rows(&logs.server_dir(name), format, &server);
-            let ids: std::collections::HashSet<_> = rows.iter().map(|r| &r.event_id).collect();
+            let ids: std::collections::HashSet<_> = rows.iter().map(|r| r.event_id()).collect();
             assert_eq!(ids.len(), rows.len(), "{name} {format}: event_id unique");
             for (srv, stmt, state, audited) in expect_failed.iter().filter(|e| e.0 == name) {
                 let row = rows
                     .iter()
-                    .find(|r| r.statement.as_deref() == Some(*stmt) && r.result == Outcome::Failure)
+                    .find(|r| r.statement() == Some(*stmt) && r.result == Outcome::Failure)
                     .unwrap_or_else(|| panic!("{srv} {format}: no FAILURE row for {stmt:?}"));
+                assert_eq!(row.error_code(), Some(*state), "{srv} {format}: {stmt}");
                 assert_eq!(
-                    row.error_code.as_deref(),
-                    Some(*state),
-                    "{srv} {format}: {stmt}"
-                );
-                assert_eq!(
-                    !row.extra.contains_key("audit_logged"),
+                    !row.extra_contains("audit_logged"),
                     *audited,
                     "{srv} {format}: {stmt} audited?"
                 );
             }
             let ok = rows
                 .iter()
-                .find(|r| r.statement.as_deref() == Some("SELECT count(*) FROM account"));
+                .find(|r| r.statement() == Some("SELECT count(*) FROM account"));
             assert!(
                 ok.is_some_and(|r| r.result == Outcome::Success),
                 "{name} {format}: a successful read"
@@ -311,13 +325,13 @@ fn workload_failures_get_failure_and_their_sqlstate_in_every_format() {
                 .map(|r| {
                     format!(
                         "{:?}|{:?}|{}|{}|{:?}|{:?}|{:?}",
-                        r.session_id,
-                        r.statement,
+                        r.session_id(),
+                        r.statement(),
                         r.audit_class,
                         r.result.as_str(),
-                        r.error_code,
-                        r.object_name,
-                        r.extra.get("statement_id")
+                        r.error_code(),
+                        r.object_name(),
+                        r.extra_get("statement_id")
                     )
                 })
                 .collect();

@@ -1,16 +1,20 @@
 //! The `extra` column's value: the few key/value pairs of a row that have no column.
 //!
 //! Owns [`Extra`], [`Key`] and [`Value`] (numbers and fixed texts stay unformatted until
-//! written). Invariants: keys are unique and kept in ascending order of their names (the order the table's map column, serialization and snapshots see, the same as
-//! a `BTreeMap`'s); keys are the closed set [`Key`], whose variants are declared in name order
-//! so comparing variants compares names (tested). Must not: grow large — it is a flat vector
-//! searched by bisection, built for the dozen entries of one row (a `BTreeMap` of owned strings
-//! cost a fifth of the per-record time in allocation and drops).
+//! written; texts are mostly ranges of the row's buffer, read through it). Invariants: keys
+//! are unique and kept in ascending order of their names (the order the table's map column,
+//! serialization and snapshots see, the same as a `BTreeMap`'s); keys are the closed set
+//! [`Key`], whose variants are declared in name order so comparing variants compares names
+//! (tested). Must not: grow large — it is a flat vector searched by bisection, built for the
+//! dozen entries of one row (a `BTreeMap` of owned strings cost a fifth of the per-record time
+//! in allocation and drops).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::row::Span;
 
 /// The names `extra` can hold, declared in name order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,6 +102,14 @@ pub enum Value {
     Int(i64),
     /// A fixed text.
     Const(&'static str),
+    /// A range of the row's text buffer (see [`super::row`]).
+    Span(Span),
+}
+
+impl From<Span> for Value {
+    fn from(s: Span) -> Self {
+        Value::Span(s)
+    }
 }
 
 impl From<String> for Value {
@@ -134,13 +146,14 @@ impl From<&'static str> for Value {
 }
 
 impl Value {
-    /// The text, formatting a number in `buf`.
-    fn as_str<'a>(&'a self, buf: &'a mut itoa::Buffer) -> &'a str {
+    /// The text, formatting a number in `buf`, a span read from the row's `text`.
+    fn as_str<'a>(&'a self, text: &'a str, buf: &'a mut itoa::Buffer) -> &'a str {
         match self {
             Value::Text(s) => s,
             Value::Shared(s) => s,
             Value::Int(v) => buf.format(*v),
             Value::Const(s) => s,
+            Value::Span(s) => s.get(text),
         }
     }
 }
@@ -169,8 +182,8 @@ impl Extra {
         }
     }
 
-    /// The value of the key named `key`.
-    pub fn get(&self, key: &str) -> Option<Cow<'_, str>> {
+    /// The value of the key named `key` (spans read from the row's `text`).
+    pub fn get<'a>(&'a self, text: &'a str, key: &str) -> Option<Cow<'a, str>> {
         self.0
             .iter()
             .find(|(k, _)| k.as_str() == key)
@@ -179,6 +192,7 @@ impl Extra {
                 Value::Shared(s) => Cow::Borrowed(&**s),
                 Value::Const(s) => Cow::Borrowed(*s),
                 Value::Int(i) => Cow::Owned(i.to_string()),
+                Value::Span(s) => Cow::Borrowed(s.get(text)),
             })
     }
 
@@ -197,21 +211,30 @@ impl Extra {
         self.0.is_empty()
     }
 
-    /// Calls `f` with each entry's name and text, in key order.
-    pub fn for_each(&self, mut f: impl FnMut(&'static str, &str)) {
+    /// Calls `f` with each entry's name and text (spans read from the row's `text`), in key
+    /// order.
+    pub fn for_each(&self, text: &str, mut f: impl FnMut(&'static str, &str)) {
+        self.for_each_key(text, |k, v| f(k.as_str(), v));
+    }
+
+    /// [`Extra::for_each`] with the keys themselves.
+    pub fn for_each_key(&self, text: &str, mut f: impl FnMut(Key, &str)) {
         let mut buf = itoa::Buffer::new();
         for (k, v) in &self.0 {
-            f(k.as_str(), v.as_str(&mut buf));
+            f(*k, v.as_str(text, &mut buf));
         }
     }
 }
 
-impl Serialize for Extra {
+/// An [`Extra`] with the row text its spans read from, serialized as a map.
+pub struct ExtraView<'a>(pub &'a Extra, pub &'a str);
+
+impl Serialize for ExtraView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
+        let mut m = s.serialize_map(Some(self.0.0.len()))?;
         let mut buf = itoa::Buffer::new();
-        for (k, v) in &self.0 {
-            m.serialize_entry(k.as_str(), v.as_str(&mut buf))?;
+        for (k, v) in &self.0.0 {
+            m.serialize_entry(k.as_str(), v.as_str(self.1, &mut buf))?;
         }
         m.end()
     }
@@ -247,13 +270,13 @@ mod tests {
             }
             prop_assert_eq!(extra.len(), model.len());
             let mut entries = Vec::new();
-            extra.for_each(|k, v| entries.push((k, v.to_owned())));
+            extra.for_each("", |k, v| entries.push((k, v.to_owned())));
             prop_assert!(entries.iter().map(|(k, v)| (*k, v.as_str())).eq(model.iter().map(|(k, v)| (*k, v.as_str()))));
             for k in Key::ALL {
-                let got = extra.get(k.as_str());
+                let got = extra.get("", k.as_str());
                 prop_assert_eq!(got.as_deref(), model.get(k.as_str()).map(String::as_str));
             }
-            prop_assert_eq!(serde_json::to_string(&extra).unwrap(), serde_json::to_string(&model).unwrap());
+            prop_assert_eq!(serde_json::to_string(&ExtraView(&extra, "")).unwrap(), serde_json::to_string(&model).unwrap());
         }
     }
 }

@@ -67,7 +67,7 @@ impl Session {
 
     fn release_all(&mut self, out: &mut Vec<AuditRow>) {
         while let Some(row) = self.held.pop_front() {
-            self.remember(row.vxid.as_deref());
+            self.remember(row.vxid());
             out.push(row);
         }
     }
@@ -105,9 +105,9 @@ fn vxid_hash(vxid: &str) -> u64 {
 /// How long a session without held rows is remembered after its last record (log time).
 const SESSION_MEMORY: Duration = Duration::hours(1);
 
-fn session_key(rec: &LogRecord) -> Cow<'_, str> {
+fn session_key<'a>(rec: &'a LogRecord<'_>) -> Cow<'a, str> {
     match (&rec.session_id, rec.process_id) {
-        (Some(s), _) => Cow::Borrowed(s),
+        (Some(s), _) => Cow::Borrowed(&**s),
         (None, Some(pid)) => Cow::Owned(format!("pid:{pid}")),
         (None, None) => Cow::Borrowed(""),
     }
@@ -129,19 +129,19 @@ impl OutcomeTracker {
         self.sessions.values().map(|s| s.held.len()).sum()
     }
 
-    /// Adds one parsed record (in per-session order); appends released rows to `out`. A row
-    /// built from the record takes `raw` (left empty then); a poison record leaves it intact.
+    /// Adds one parsed record (in per-session order; `raw` is its text as logged); appends
+    /// released rows to `out`.
     pub fn push(
         &mut self,
-        mut rec: LogRecord,
+        rec: &LogRecord<'_>,
         src: &Source,
-        raw: &mut String,
+        raw: &str,
         out: &mut Vec<AuditRow>,
     ) -> Disposition {
         if let Some(t) = rec.log_time {
             self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
         }
-        let key = session_key(&rec);
+        let key = session_key(rec);
         let session = match self.sessions.get_mut(key.as_ref()) {
             Some(s) => s,
             None => self.sessions.entry(key.clone().into_owned()).or_default(),
@@ -149,41 +149,41 @@ impl OutcomeTracker {
         if rec.log_time.is_some() {
             session.last_seen = session.last_seen.max(rec.log_time);
         }
-        let same_tx = |row: &AuditRow| row.vxid.is_some() && row.vxid == rec.vxid;
+        let tx = rec.vxid.as_deref();
+        let same_tx = |row: &AuditRow| row.vxid().is_some() && row.vxid() == tx;
         // Rows of earlier transactions of this session are decided: no error followed them.
         while session.held.front().is_some_and(|r| !same_tx(r)) {
             if let Some(row) = session.held.pop_front() {
-                session.remember(row.vxid.as_deref());
+                session.remember(row.vxid());
                 out.push(row);
             }
         }
         let disposition = match parse_audit(&rec.message) {
             Some(Err(reason)) => Disposition::Poison(reason),
-            Some(Ok(mut entry)) => {
-                let statement = match &mut entry.statement {
-                    Statement::Text(s) => {
-                        let s = std::mem::take(s);
-                        session.remember_statement(entry.statement_id, &s);
-                        Some(s)
-                    }
+            Some(Ok(entry)) => {
+                if let Statement::Text(s) = &entry.statement {
+                    session.remember_statement(entry.statement_id, s);
+                }
+                let statement = match &entry.statement {
+                    Statement::Text(s) => Some(&**s),
                     Statement::PreviouslyLogged => session
                         .last_statement
                         .as_ref()
                         .filter(|(id, _)| *id == entry.statement_id)
-                        .map(|(_, s)| s.clone()),
+                        .map(|(_, s)| s.as_str()),
                     Statement::NotLogged => None,
                 };
-                let row = audit_row(rec, entry, statement, src, std::mem::take(raw));
+                let row = audit_row(rec, &entry, statement, src, raw);
                 session.held.push_back(row);
                 Disposition::Held
             }
-            None if matches!(rec.severity.as_str(), "ERROR" | "FATAL" | "PANIC") => {
+            None if matches!(&*rec.severity, "ERROR" | "FATAL" | "PANIC") => {
                 let failing = rec.query.as_deref().map(normalize_statement);
                 let mut covered = false;
                 for mut row in session.held.drain(..) {
-                    covered |= failing.is_some() && row.statement == failing;
+                    covered |= failing.is_some() && row.statement() == failing;
                     row.result = Outcome::Failure;
-                    row.error_code.clone_from(&rec.sql_state);
+                    row.set_error_code(rec.sql_state.as_deref());
                     out.push(row);
                 }
                 let late = rec
@@ -195,8 +195,8 @@ impl OutcomeTracker {
                     (_, true, _) => Disposition::Skipped,
                     (_, false, true) => Disposition::LateOutcome,
                     (true, false, false) => {
-                        let query = rec.query.take().unwrap_or_default();
-                        out.push(unaudited_failure_row(rec, &query, src, std::mem::take(raw)));
+                        let query = rec.query.as_deref().unwrap_or_default();
+                        out.push(unaudited_failure_row(rec, query, src, raw));
                         Disposition::UnauditedFailure
                     }
                     (false, false, false) => Disposition::Skipped,
@@ -231,7 +231,7 @@ impl OutcomeTracker {
                 .is_some_and(|r| r.event_time.is_none_or(|t| t < cutoff))
             {
                 if let Some(row) = s.held.pop_front() {
-                    s.remember(row.vxid.as_deref());
+                    s.remember(row.vxid());
                     out.push(row);
                 }
             }
@@ -263,16 +263,16 @@ mod tests {
         message: &str,
         query: Option<&str>,
         state: &str,
-    ) -> LogRecord {
+    ) -> LogRecord<'static> {
         LogRecord {
             log_time: DateTime::from_timestamp(t, 0),
             session_id: Some("s1".into()),
             process_id: Some(1),
-            vxid: Some(vxid.into()),
-            severity: severity.into(),
-            message: message.into(),
-            query: query.map(Into::into),
-            sql_state: Some(state.into()),
+            vxid: Some(vxid.to_owned().into()),
+            severity: severity.to_owned().into(),
+            message: message.to_owned().into(),
+            query: query.map(|q| q.to_owned().into()),
+            sql_state: Some(state.to_owned().into()),
             ..LogRecord::default()
         }
     }
@@ -294,7 +294,7 @@ mod tests {
         let mut t = OutcomeTracker::new(std::time::Duration::from_secs(60));
         let mut out = Vec::new();
         t.push(
-            rec(
+            &rec(
                 1,
                 "4/1",
                 "LOG",
@@ -303,11 +303,11 @@ mod tests {
                 "00000",
             ),
             &src(0),
-            &mut String::new(),
+            "",
             &mut out,
         );
         t.push(
-            rec(
+            &rec(
                 1,
                 "4/1",
                 "LOG",
@@ -316,12 +316,12 @@ mod tests {
                 "00000",
             ),
             &src(1),
-            &mut String::new(),
+            "",
             &mut out,
         );
         assert_eq!(t.held(), 2);
         let d = t.push(
-            rec(
+            &rec(
                 1,
                 "4/1",
                 "ERROR",
@@ -330,7 +330,7 @@ mod tests {
                 "22012",
             ),
             &src(2),
-            &mut String::new(),
+            "",
             &mut out,
         );
         assert_eq!(
@@ -341,11 +341,11 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(
             out.iter()
-                .all(|r| r.result == Outcome::Failure && r.error_code.as_deref() == Some("22012"))
+                .all(|r| r.result == Outcome::Failure && r.error_code() == Some("22012"))
         );
         // A later statement in another transaction succeeds when the session moves on.
         t.push(
-            rec(
+            &rec(
                 2,
                 "4/2",
                 "LOG",
@@ -354,11 +354,11 @@ mod tests {
                 "00000",
             ),
             &src(3),
-            &mut String::new(),
+            "",
             &mut out,
         );
         t.push(
-            rec(
+            &rec(
                 2,
                 "4/3",
                 "LOG",
@@ -367,14 +367,15 @@ mod tests {
                 "00000",
             ),
             &src(4),
-            &mut String::new(),
+            "",
             &mut out,
         );
         assert_eq!(out[2].result, Outcome::Success);
         let mut rest = Vec::new();
         t.finish(&mut rest);
         assert_eq!(
-            rest[0].statement, None,
+            rest[0].statement(),
+            None,
             "statement 4 was never logged with text"
         );
     }
@@ -384,7 +385,7 @@ mod tests {
         let mut t = OutcomeTracker::new(std::time::Duration::from_secs(5));
         let mut out = Vec::new();
         let d = t.push(
-            rec(
+            &rec(
                 1,
                 "4/9",
                 "ERROR",
@@ -393,20 +394,20 @@ mod tests {
                 "42601",
             ),
             &src(0),
-            &mut String::new(),
+            "",
             &mut out,
         );
         assert_eq!(d, Disposition::UnauditedFailure);
         assert_eq!(
             (
                 &*out[0].audit_class,
-                out[0].extra.get("audit_logged").as_deref()
+                out[0].extra_get("audit_logged").as_deref()
             ),
             ("UNKNOWN", Some("false"))
         );
         out.clear();
         t.push(
-            rec(
+            &rec(
                 10,
                 "4/10",
                 "LOG",
@@ -415,17 +416,17 @@ mod tests {
                 "00000",
             ),
             &src(1),
-            &mut String::new(),
+            "",
             &mut out,
         );
         // Another session's records advance log time past the window: released as SUCCESS.
         let mut other = rec(16, "5/1", "LOG", "connection received", None, "00000");
         other.session_id = Some("s2".into());
-        t.push(other, &src(2), &mut String::new(), &mut out);
+        t.push(&other, &src(2), "", &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].result, Outcome::Success);
         let d = t.push(
-            rec(
+            &rec(
                 17,
                 "4/10",
                 "ERROR",
@@ -434,15 +435,15 @@ mod tests {
                 "57014",
             ),
             &src(3),
-            &mut String::new(),
+            "",
             &mut out,
         );
         assert_eq!(d, Disposition::LateOutcome);
         assert_eq!(out.len(), 1, "a late error adds no row");
         let d = t.push(
-            rec(17, "4/11", "LOG", "AUDIT: SESSION,x", None, "00000"),
+            &rec(17, "4/11", "LOG", "AUDIT: SESSION,x", None, "00000"),
             &src(4),
-            &mut String::new(),
+            "",
             &mut out,
         );
         assert!(matches!(d, Disposition::Poison(_)));

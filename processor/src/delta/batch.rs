@@ -13,14 +13,16 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
-    ArrayRef, Date32Builder, Int32Builder, Int64Builder, MapBuilder, MapFieldNames, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, Date32Builder, Int32Builder, Int64Builder, MapArray, StringArray, StringBuilder,
+    StructArray, TimestampMicrosecondBuilder,
 };
+use deltalake::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use deltalake::arrow::datatypes::DataType;
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
 use super::{LakeRow, arrow_schema};
-use crate::audit::AuditRow;
+use crate::audit::{AuditRow, Key};
 
 /// Rows per Arrow batch handed to the Parquet writer.
 pub const BATCH_ROWS: usize = 8192;
@@ -58,13 +60,12 @@ const EVENT_ID: usize = 13;
 const KAFKA_TOPIC: usize = 14;
 const TEXT: usize = 15;
 
-/// Bytes per row of each string column (and of `extra`'s keys and values, entries per row)
+/// Bytes per row of each string column (and of `extra`'s values, entries per row)
 /// in the last batch: the next builders' capacities, so a busy partition's builders never
 /// regrow (each regrowth copies everything appended so far).
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
     text: [usize; TEXT],
-    keys: usize,
     values: usize,
     entries: usize,
 }
@@ -78,7 +79,6 @@ impl Default for Sizes {
         text[EVENT_ID] = 32;
         Sizes {
             text,
-            keys: 14 * 12,
             values: 14 * 16,
             entries: 14,
         }
@@ -89,13 +89,20 @@ impl Default for Sizes {
 struct Builders {
     event_time: TimestampMicrosecondBuilder,
     text: [StringBuilder; TEXT],
-    extra: MapBuilder<StringBuilder, StringBuilder>,
+    /// `extra`'s keys, one per entry (their names are written at the end, in one pass).
+    extra_keys: Vec<Key>,
+    /// Bytes of those names.
+    extra_key_bytes: usize,
+    /// `extra`'s values.
+    extra_values: StringBuilder,
+    /// Where each row's entries start in `extra_keys`, and the end.
+    extra_offsets: Vec<i32>,
     ingest_ts: TimestampMicrosecondBuilder,
     ingest_date: Date32Builder,
     kafka_partition: Int32Builder,
     kafka_offset: Int64Builder,
     rows: usize,
-    /// Bytes of `extra`'s keys and values appended (the map builder shows them only `&mut`).
+    /// Bytes of `extra`'s keys and values appended.
     extra_bytes: usize,
     /// `extra` entries appended.
     entries: usize,
@@ -105,21 +112,17 @@ impl Builders {
     fn new(rows: usize, sizes: &Sizes) -> Self {
         // 1/8 more than last time: the next batch's rows vary a little.
         let cap = |per_row: usize| rows * per_row + rows * per_row / 8;
-        // Delta's names for map entries.
-        let names = MapFieldNames {
-            entry: "key_value".into(),
-            key: "key".into(),
-            value: "value".into(),
-        };
         Builders {
             event_time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             text: std::array::from_fn(|i| StringBuilder::with_capacity(rows, cap(sizes.text[i]))),
-            extra: MapBuilder::with_capacity(
-                Some(names),
-                StringBuilder::with_capacity(cap(sizes.entries), cap(sizes.keys)),
-                StringBuilder::with_capacity(cap(sizes.entries), cap(sizes.values)),
-                rows,
-            ),
+            extra_keys: Vec::with_capacity(cap(sizes.entries)),
+            extra_key_bytes: 0,
+            extra_values: StringBuilder::with_capacity(cap(sizes.entries), cap(sizes.values)),
+            extra_offsets: {
+                let mut v = Vec::with_capacity(rows + 1);
+                v.push(0);
+                v
+            },
             ingest_ts: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
             ingest_date: Date32Builder::with_capacity(rows),
             kafka_partition: Int32Builder::with_capacity(rows),
@@ -141,30 +144,35 @@ impl Builders {
         let t = &mut self.text;
         self.event_time
             .append_option(row.event_time.map(|t| t.timestamp_micros()));
-        t[DB_NAME].append_option(row.db_name.as_deref());
-        t[USER_NAME].append_option(row.user_name.as_deref());
-        t[CLIENT_ADDR].append_option(row.client_addr.as_deref());
-        t[SESSION_ID].append_option(row.session_id.as_deref());
+        t[DB_NAME].append_option(row.db_name());
+        t[USER_NAME].append_option(row.user_name());
+        t[CLIENT_ADDR].append_option(row.client_addr());
+        t[SESSION_ID].append_option(row.session_id());
         t[COMMAND_TAG].append_value(&row.command_tag);
-        t[OBJECT_TYPE].append_option(row.object_type.as_deref());
-        t[OBJECT_NAME].append_option(row.object_name.as_deref());
-        t[STATEMENT].append_option(row.statement.as_deref());
+        t[OBJECT_TYPE].append_option(row.object_type());
+        t[OBJECT_NAME].append_option(row.object_name());
+        t[STATEMENT].append_option(row.statement());
         t[AUDIT_CLASS].append_value(&row.audit_class);
         t[RESULT].append_value(row.result.as_str());
-        t[ERROR_CODE].append_option(row.error_code.as_deref());
-        let (extra, extra_bytes) = (&mut self.extra, &mut self.extra_bytes);
-        row.extra.for_each(|k, v| {
-            extra.keys().append_value(k);
-            extra.values().append_value(v);
-            *extra_bytes += k.len() + v.len();
+        t[ERROR_CODE].append_option(row.error_code());
+        let (keys, values) = (&mut self.extra_keys, &mut self.extra_values);
+        let (key_bytes, extra_bytes) = (&mut self.extra_key_bytes, &mut self.extra_bytes);
+        row.for_each_extra(|k, v| {
+            keys.push(k);
+            values.append_value(v);
+            *key_bytes += k.as_str().len();
+            *extra_bytes += k.as_str().len() + v.len();
         });
-        self.entries += row.extra.len();
-        self.extra.append(true)?;
+        self.entries += row.extra_len();
+        self.extra_offsets
+            .push(i32::try_from(self.extra_keys.len()).map_err(|_| {
+                ArrowError::ComputeError("more than 2^31 extra entries in one batch".into())
+            })?);
         self.ingest_ts.append_value(ingest_ts.timestamp_micros());
         t[SRC].append_value(row.src);
-        t[RAW].append_value(&row.raw);
+        t[RAW].append_value(row.raw());
         self.ingest_date.append_value(day);
-        t[EVENT_ID].append_value(&row.event_id);
+        t[EVENT_ID].append_value(row.event_id());
         t[KAFKA_TOPIC].append_value(topic);
         self.kafka_partition.append_value(partition);
         self.kafka_offset.append_value(offset);
@@ -178,8 +186,7 @@ impl Builders {
         let per_row = |bytes: usize| bytes.div_ceil(rows);
         Sizes {
             text: std::array::from_fn(|i| per_row(self.text[i].values_slice().len())),
-            keys: per_row(self.extra.keys().values_slice().len()),
-            values: per_row(self.extra.values().values_slice().len()),
+            values: per_row(self.extra_values.values_slice().len()),
             entries: per_row(self.entries),
         }
     }
@@ -212,7 +219,12 @@ impl Builders {
             t(AUDIT_CLASS),
             t(RESULT),
             t(ERROR_CODE),
-            Arc::new(self.extra.finish()),
+            Arc::new(extra_map(
+                &self.extra_keys,
+                self.extra_key_bytes,
+                self.extra_values.finish(),
+                std::mem::take(&mut self.extra_offsets),
+            )?),
             Arc::new(self.ingest_ts.finish()),
             t(SRC),
             t(RAW),
@@ -224,6 +236,46 @@ impl Builders {
         ];
         RecordBatch::try_new(arrow_schema(), columns)
     }
+}
+
+/// The `extra` map column from its keys (written here, name by name, in one pass: appending
+/// each name to a string builder was a twentieth of the per-row time), values and row offsets.
+fn extra_map(
+    keys: &[Key],
+    key_bytes: usize,
+    values: StringArray,
+    offsets: Vec<i32>,
+) -> Result<MapArray, ArrowError> {
+    let mut names = Vec::with_capacity(key_bytes);
+    let mut ends = Vec::with_capacity(keys.len() + 1);
+    ends.push(0i32);
+    for k in keys {
+        names.extend_from_slice(k.as_str().as_bytes());
+        ends.push(i32::try_from(names.len()).unwrap_or(i32::MAX));
+    }
+    let keys = StringArray::try_new(
+        OffsetBuffer::new(ScalarBuffer::from(ends)),
+        Buffer::from_vec(names),
+        None,
+    )?;
+    let DataType::Map(entry, ordered) =
+        arrow_schema().field_with_name("extra")?.data_type().clone()
+    else {
+        return Err(ArrowError::SchemaError("extra is not a map".into()));
+    };
+    let DataType::Struct(fields) = entry.data_type().clone() else {
+        return Err(ArrowError::SchemaError(
+            "extra's entries are not a struct".into(),
+        ));
+    };
+    let entries = StructArray::try_new(fields, vec![Arc::new(keys), Arc::new(values)], None)?;
+    MapArray::try_new(
+        entry,
+        OffsetBuffer::new(ScalarBuffer::from(offsets)),
+        entries,
+        None,
+        ordered,
+    )
 }
 
 /// A partition's rows not yet committed, as Arrow batches and one batch being filled.
@@ -365,33 +417,35 @@ pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(rows: &[R]) -> Result<RecordBat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Extra, Key, Outcome};
+    use crate::audit::{Source, audit_row};
     use crate::delta::KafkaCoords;
+    use crate::parse::LogRecord;
+    use crate::parse::pgaudit::parse_audit;
+    use pgtrail_avro::LogFormat;
 
     fn row(i: i64) -> LakeRow {
-        let mut extra = Extra::default();
-        extra.insert(Key::Vxid, format!("3/{i}"));
+        let raw = "x".repeat(100);
+        let rec = LogRecord {
+            log_time: DateTime::from_timestamp(1_795_000_000 + i, 0),
+            database_name: Some("db".into()),
+            session_id: Some("s".into()),
+            vxid: Some(format!("3/{i}").into()),
+            ..LogRecord::default()
+        };
+        let statement = format!("SELECT {i}");
+        let message = format!("AUDIT: SESSION,1,1,READ,SELECT,,,{statement},<none>");
+        let entry = parse_audit(&message).unwrap().unwrap();
+        let src = Source {
+            server: "p".into(),
+            host: "h".into(),
+            format: LogFormat::Csvlog,
+            path: "/l".into(),
+            file_id: "f".into(),
+            offset: i,
+            origin: i,
+        };
         LakeRow {
-            row: AuditRow {
-                event_time: DateTime::from_timestamp(1_795_000_000 + i, 0),
-                db_name: Some("db".into()),
-                user_name: None,
-                client_addr: None,
-                session_id: Some("s".into()),
-                command_tag: "SELECT".into(),
-                object_type: None,
-                object_name: None,
-                statement: Some(format!("SELECT {i}")),
-                audit_class: "READ".into(),
-                result: Outcome::Success,
-                error_code: None,
-                extra,
-                src: "csvlog",
-                raw: "x".repeat(100),
-                event_id: format!("{i:032x}"),
-                vxid: None,
-                origin: i,
-            },
+            row: audit_row(&rec, &entry, Some(&statement), &src, &raw),
             ingest_ts: DateTime::from_timestamp(1_795_000_000, 0).unwrap_or_default(),
             kafka: KafkaCoords {
                 topic: "t".into(),
@@ -443,6 +497,36 @@ mod tests {
         let mut buf = RowBuffer::default();
         rows.iter().for_each(|r| buf.push_lake(r).unwrap());
         assert_eq!(buf.take().unwrap(), vec![to_batch(&rows).unwrap()]);
+    }
+
+    #[test]
+    fn extra_reads_back_as_the_rows_entries() {
+        use deltalake::arrow::array::{Array, AsArray};
+        let rows: Vec<LakeRow> = (0..3).map(row).collect();
+        let batch = to_batch(&rows).unwrap();
+        let map = batch
+            .column_by_name("extra")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<MapArray>()
+            .unwrap();
+        assert_eq!(
+            map.data_type(),
+            arrow_schema().field_with_name("extra").unwrap().data_type()
+        );
+        for (i, r) in rows.iter().enumerate() {
+            let entries = map.value(i);
+            let keys = entries.column(0).as_string::<i32>();
+            let values = entries.column(1).as_string::<i32>();
+            let got: Vec<(String, String)> = (0..entries.len())
+                .map(|j| (keys.value(j).to_owned(), values.value(j).to_owned()))
+                .collect();
+            let mut expected = Vec::new();
+            r.row
+                .for_each_extra(|k, v| expected.push((k.as_str().to_owned(), v.to_owned())));
+            assert!(expected.len() > 5, "{expected:?}");
+            assert_eq!(got, expected);
+        }
     }
 
     #[test]

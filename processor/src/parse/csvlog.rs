@@ -1,19 +1,21 @@
 //! csvlog records (PostgreSQL 13–17: 24 or 26 columns; 23 before 13) into [`LogRecord`].
 //!
-//! Owns [`parse_csvlog`]. Splits exactly one framed record with [`read_row`]. Invariant: a
-//! record that is not one CSV row of 23, 24 or 26 columns, or whose time or numbers do not
-//! parse, is an error (poison), never a half-filled row. Must not: read the message.
+//! Owns [`parse_csvlog`]. Splits exactly one framed record with [`split_row`]: fields borrow
+//! from the record's text. Invariant: a record that is not one CSV row of 23, 24 or 26
+//! columns, or whose time or numbers do not parse, is an error (poison), never a half-filled
+//! row. Must not: read the message.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
-use super::csvrow::read_row;
+use super::csvrow::split_row;
 use super::record::{LogRecord, non_empty, split_host_port};
 use super::time::{TimeParser, parse_pg_time, parse_session_start};
 
-/// Parses one csvlog record (bytes as shipped, terminating newline allowed).
-pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> {
-    let row = read_row(data).map_err(|e| format!("csvlog: {e}"))?;
+/// Parses one csvlog record (its text as shipped, bytes that are not UTF-8 replaced,
+/// terminating newline allowed).
+pub fn parse_csvlog(data: &str, zone: Option<Tz>) -> Result<LogRecord<'_>, String> {
+    let row = split_row(data).map_err(|e| format!("csvlog: {e}"))?;
     if !matches!(row.len(), 23 | 24 | 26) {
         return Err(format!(
             "csvlog: {} columns (expected 23, 24 or 26)",
@@ -27,6 +29,7 @@ pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> 
         if v.is_empty() {
             return Ok(None);
         }
+        let v = &*v;
         v.parse()
             .map(Some)
             .map_err(|_| format!("csvlog column {} is not a number: {v:?}", i + 1))
@@ -36,7 +39,7 @@ pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> 
         if v.is_empty() {
             Ok(None)
         } else {
-            parse(v, zone).map(Some)
+            parse(&v, zone).map(Some)
         }
     };
     let (remote_host, remote_port) = split_host_port(col(4));
@@ -53,9 +56,9 @@ pub fn parse_csvlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> 
         session_start: time(8, parse_session_start)?,
         vxid: opt(9),
         txid: opt(10),
-        severity: col(11).to_owned(),
+        severity: col(11),
         sql_state: opt(12),
-        message: col(13).to_owned(),
+        message: col(13),
         detail: opt(14),
         hint: opt(15),
         internal_query: opt(16),
@@ -79,7 +82,7 @@ mod tests {
 
     #[test]
     fn pg15_row() {
-        let r = parse_csvlog(PG15.as_bytes(), None).unwrap();
+        let r = parse_csvlog(PG15, None).unwrap();
         assert_eq!(r.severity, "ERROR");
         assert_eq!(r.sql_state.as_deref(), Some("23505"));
         assert_eq!(
@@ -101,18 +104,18 @@ mod tests {
     fn pg13_24_columns_and_bad_rows() {
         // PostgreSQL 13: no leader_pid / query_id.
         let pg13 = PG15.trim_end().rsplitn(3, ',').nth(2).unwrap().to_owned() + "\n";
-        let r = parse_csvlog(pg13.as_bytes(), None).unwrap();
+        let r = parse_csvlog(&pg13, None).unwrap();
         assert_eq!(r.backend_type.as_deref(), Some("client backend"));
         assert_eq!(r.query_id, None);
         assert!(
-            parse_csvlog(b"a,b,c\n", None)
+            parse_csvlog("a,b,c\n", None)
                 .unwrap_err()
                 .contains("3 columns")
         );
-        assert!(parse_csvlog(b"\"unterminated,1\n", None).is_err());
+        assert!(parse_csvlog("\"unterminated,1\n", None).is_err());
         let bad_pid = PG15.replacen("20747", "x", 1);
         assert!(
-            parse_csvlog(bad_pid.as_bytes(), None)
+            parse_csvlog(&bad_pid, None)
                 .unwrap_err()
                 .contains("not a number")
         );

@@ -3,10 +3,14 @@
 //! spent most of its time building its DFA), both writing into per-thread buffers a dropped row
 //! hands back (no allocation per row).
 //!
-//! Owns [`CsvRow`] and [`read_row`]. Invariant: fields are exactly what the `csv` crate reads
-//! for the same bytes (property-tested); bytes that are not UTF-8 are replaced (U+FFFD), the
-//! raw record keeps them. Must not: accept a second row silently.
+//! [`split_row`] goes further for text already known to be UTF-8: in the common shape its
+//! fields borrow from the input, and only a field with `""` inside is copied (unescaped).
+//!
+//! Owns [`CsvRow`], [`read_row`], [`Split`] and [`split_row`]. Invariant: fields are exactly
+//! what the `csv` crate reads for the same bytes (property-tested); bytes that are not UTF-8
+//! are replaced (U+FFFD), the raw record keeps them. Must not: accept a second row silently.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use csv_core::{ReadRecordResult, Reader};
@@ -95,6 +99,152 @@ pub fn read_row(input: &[u8]) -> Result<CsvRow, String> {
         }
     };
     Ok(CsvRow { text, ends })
+}
+
+/// Most fields a borrowed split holds (csvlog has 26, a pgaudit entry 10); a row with more is
+/// read by [`read_row`].
+const MAX_FIELDS: usize = 32;
+
+/// One row's fields: borrowed from the text when it has the common shape, else copied.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // The large variant is the common one: boxing it would
+// allocate per row, which is what it exists to avoid.
+pub enum Split<'a> {
+    /// Fields as ranges of the text (32-bit: the split is returned by value).
+    Borrowed {
+        /// The row's text.
+        text: &'a str,
+        /// Field ranges; only the first `len` are set.
+        spans: [(u32, u32); MAX_FIELDS],
+        /// Bit `i`: field `i` has `""` inside, to be made `"`.
+        escaped: u32,
+        /// Number of fields.
+        len: usize,
+    },
+    /// Any other row, read by [`read_row`].
+    Owned(CsvRow),
+}
+
+impl<'a> Split<'a> {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        match self {
+            Split::Borrowed { len, .. } => *len,
+            Split::Owned(row) => row.len(),
+        }
+    }
+
+    /// Whether the row has no field.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Field `i` (`""` past the end): borrowed unless it had to be unescaped or copied.
+    pub fn get(&self, i: usize) -> Cow<'a, str> {
+        match self {
+            Split::Borrowed {
+                text,
+                spans,
+                escaped,
+                len,
+            } => {
+                let Some(&(start, end)) = spans[..*len].get(i) else {
+                    return Cow::Borrowed("");
+                };
+                let field = text.get(start as usize..end as usize).unwrap_or("");
+                if escaped & (1 << i) != 0 {
+                    Cow::Owned(unescape(field))
+                } else {
+                    Cow::Borrowed(field)
+                }
+            }
+            Split::Owned(row) => Cow::Owned(row.get(i).to_owned()),
+        }
+    }
+}
+
+/// A quoted field's content with each `""` made `"` (the split checked that every quote
+/// inside is doubled).
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut rest = field;
+    while let Some(q) = memchr::memchr(b'"', rest.as_bytes()) {
+        out.push_str(rest.get(..=q).unwrap_or(rest));
+        rest = rest.get(q + 2..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Splits exactly one row of `text` (a trailing newline is allowed), borrowing its fields in
+/// the common shape (see [`split_simple`]), else through [`read_row`].
+pub fn split_row(text: &str) -> Result<Split<'_>, String> {
+    let mut spans = [(0, 0); MAX_FIELDS];
+    match split_spans(text.as_bytes(), &mut spans) {
+        Some((escaped, len)) => Ok(Split::Borrowed {
+            text,
+            spans,
+            escaped,
+            len,
+        }),
+        None => read_row(text.as_bytes()).map(Split::Owned),
+    }
+}
+
+/// [`split_simple`]'s shape, as ranges of the input in `spans`; returns the escaped-field
+/// bits and the number of fields (`None`: another shape, too many fields, or an input of
+/// 4 GiB). Delimiters are ASCII, so every range is on UTF-8 boundaries.
+fn split_spans(input: &[u8], spans: &mut [(u32, u32); MAX_FIELDS]) -> Option<(u32, usize)> {
+    let n = input.len();
+    if n == 0
+        || u32::try_from(n).is_err()
+        || input[0] == b'\n'
+        || memchr::memchr(b'\r', input).is_some()
+    {
+        return None;
+    }
+    let mut escaped_bits = 0u32;
+    let mut len = 0;
+    let mut i = 0;
+    loop {
+        let span = if input.get(i) == Some(&b'"') {
+            i += 1;
+            let start = i;
+            let mut escaped = false;
+            loop {
+                let q = memchr::memchr(b'"', &input[i..])?;
+                i += q + 1;
+                if input.get(i) == Some(&b'"') {
+                    escaped = true;
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            (start, i - 1, escaped)
+        } else {
+            let start = i;
+            i += plain_len(&input[i..]);
+            (start, i, false)
+        };
+        // In range: the input is below 4 GiB.
+        *spans.get_mut(len)? = (span.0 as u32, span.1 as u32);
+        if span.2 {
+            escaped_bits |= 1 << len;
+        }
+        len += 1;
+        match input.get(i) {
+            None => return Some((escaped_bits, len)),
+            Some(b',') => i += 1,
+            Some(b'\n') => {
+                return input[i + 1..]
+                    .iter()
+                    .all(u8::is_ascii_whitespace)
+                    .then_some((escaped_bits, len));
+            }
+            Some(_) => return None,
+        }
+    }
 }
 
 /// The common case, fast: fields plain or quoted (`""` inside), one row ending in `\n` or at
@@ -246,12 +396,22 @@ mod tests {
             }
         }
 
+        /// The borrowed split reads what the copying one reads, whatever the input.
+        #[test]
+        fn borrowed_split_agrees_with_read_row(input in "[ab,\"\n\r é]{0,24}") {
+            let split = split_row(&input).map(|s| (0..s.len()).map(|i| s.get(i).into_owned()).collect::<Vec<_>>());
+            let row = read_row(input.as_bytes()).map(|r| r.iter().map(str::to_owned).collect::<Vec<_>>());
+            prop_assert_eq!(split, row, "{:?}", input);
+        }
+
         #[test]
         fn agrees_with_the_csv_crate(fields in proptest::collection::vec("[a-z,\"\n ]{0,8}", 1..6)) {
             let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
             w.write_record(&fields).unwrap();
             let bytes = w.into_inner().unwrap();
             let row = read_row(&bytes).unwrap();
+            let text = std::str::from_utf8(&bytes).unwrap();
+            prop_assert!(matches!(split_row(text), Ok(Split::Borrowed { .. })), "{:?}", text);
             // Well-formed rows take the fast path.
             prop_assert!(split_simple(&bytes, &mut Vec::new(), &mut Vec::new()), "{:?}", bytes);
             let mut rd = csv::ReaderBuilder::new().has_headers(false).from_reader(&bytes[..]);

@@ -4,56 +4,78 @@
 //! and `dbname` for background processes): absent keys become `None`, and an absent
 //! `state_code` means `00000`, as csvlog writes it. Must not: accept anything but one object.
 
+use std::borrow::Cow;
+
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use super::record::LogRecord;
+use super::record::{LogRecord, Text};
 use super::time::{TimeParser, parse_pg_time, parse_session_start};
 
 #[derive(Deserialize)]
-struct Json {
-    timestamp: Option<String>,
-    user: Option<String>,
-    dbname: Option<String>,
+struct Json<'a> {
+    #[serde(borrow)]
+    timestamp: Option<Text<'a>>,
+    #[serde(borrow)]
+    user: Option<Text<'a>>,
+    #[serde(borrow)]
+    dbname: Option<Text<'a>>,
     pid: Option<i64>,
-    remote_host: Option<String>,
+    #[serde(borrow)]
+    remote_host: Option<Text<'a>>,
     remote_port: Option<i64>,
-    session_id: Option<String>,
+    #[serde(borrow)]
+    session_id: Option<Text<'a>>,
     line_num: Option<i64>,
-    ps: Option<String>,
-    session_start: Option<String>,
-    vxid: Option<String>,
+    #[serde(borrow)]
+    ps: Option<Text<'a>>,
+    #[serde(borrow)]
+    session_start: Option<Text<'a>>,
+    #[serde(borrow)]
+    vxid: Option<Text<'a>>,
     txid: Option<serde_json::Value>,
-    error_severity: Option<String>,
-    state_code: Option<String>,
-    message: Option<String>,
-    detail: Option<String>,
-    hint: Option<String>,
-    internal_query: Option<String>,
+    #[serde(borrow)]
+    error_severity: Option<Text<'a>>,
+    #[serde(borrow)]
+    state_code: Option<Text<'a>>,
+    #[serde(borrow)]
+    message: Option<Text<'a>>,
+    #[serde(borrow)]
+    detail: Option<Text<'a>>,
+    #[serde(borrow)]
+    hint: Option<Text<'a>>,
+    #[serde(borrow)]
+    internal_query: Option<Text<'a>>,
     internal_position: Option<i64>,
-    context: Option<String>,
-    statement: Option<String>,
+    #[serde(borrow)]
+    context: Option<Text<'a>>,
+    #[serde(borrow)]
+    statement: Option<Text<'a>>,
     cursor_position: Option<i64>,
-    func_name: Option<String>,
-    file_name: Option<String>,
+    #[serde(borrow)]
+    func_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    file_name: Option<Text<'a>>,
     file_line_num: Option<i64>,
-    application_name: Option<String>,
-    backend_type: Option<String>,
+    #[serde(borrow)]
+    application_name: Option<Text<'a>>,
+    #[serde(borrow)]
+    backend_type: Option<Text<'a>>,
     leader_pid: Option<i64>,
     query_id: Option<i64>,
 }
 
 /// Empty strings are absent values, as csvlog writes them (jsonlog writes `"dbname":""` for a
 /// walsender, where csvlog leaves the column empty).
-fn ne(v: Option<String>) -> Option<String> {
+fn ne(v: Option<Text<'_>>) -> Option<Text<'_>> {
     v.filter(|s| !s.is_empty())
 }
 
-/// Parses one jsonlog record.
-pub fn parse_jsonlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String> {
-    let j: Json = serde_json::from_slice(data).map_err(|e| format!("jsonlog: {e}"))?;
+/// Parses one jsonlog record (texts without escapes borrow from `data`).
+pub fn parse_jsonlog(data: &str, zone: Option<Tz>) -> Result<LogRecord<'_>, String> {
+    let j: Json = serde_json::from_str(data).map_err(|e| format!("jsonlog: {e}"))?;
     let time =
-        |v: &Option<String>, parse: TimeParser| v.as_deref().map(|s| parse(s, zone)).transpose();
+        |v: &Option<Text<'_>>, parse: TimeParser| v.as_deref().map(|s| parse(s, zone)).transpose();
     let location = match (&j.func_name, &j.file_name, j.file_line_num) {
         (Some(f), Some(file), Some(line)) => Some(format!("{f}, {file}:{line}")),
         _ => None,
@@ -64,18 +86,20 @@ pub fn parse_jsonlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String>
         database_name: ne(j.dbname),
         process_id: j.pid,
         remote_host: ne(j.remote_host),
-        remote_port: j.remote_port.map(|p| p.to_string()),
+        remote_port: j.remote_port.map(|p| Cow::Owned(p.to_string())),
         session_id: ne(j.session_id),
         session_line_num: j.line_num,
         command_tag: ne(j.ps),
         session_start: time(&j.session_start, parse_session_start)?,
         vxid: ne(j.vxid),
-        txid: j.txid.map(|v| match v {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
+        txid: j.txid.map(|v| {
+            Cow::Owned(match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            })
         }),
         severity: j.error_severity.ok_or("jsonlog: no error_severity")?,
-        sql_state: Some(j.state_code.unwrap_or_else(|| "00000".into())),
+        sql_state: Some(j.state_code.unwrap_or(Cow::Borrowed("00000"))),
         message: j.message.unwrap_or_default(),
         detail: ne(j.detail),
         hint: ne(j.hint),
@@ -84,7 +108,7 @@ pub fn parse_jsonlog(data: &[u8], zone: Option<Tz>) -> Result<LogRecord, String>
         context: ne(j.context),
         query: ne(j.statement),
         query_pos: j.cursor_position,
-        location,
+        location: location.map(Cow::Owned),
         application_name: ne(j.application_name),
         backend_type: ne(j.backend_type),
         leader_pid: j.leader_pid,
@@ -98,16 +122,16 @@ mod tests {
 
     #[test]
     fn absent_keys_and_state_code() {
-        let bg = br#"{"timestamp":"2026-11-23 08:57:28.127 UTC","pid":6241,"session_id":"6b03fff8.1861","line_num":1,"session_start":"2026-11-23 08:57:28 UTC","txid":0,"error_severity":"LOG","message":"starting","backend_type":"postmaster","query_id":0}"#;
+        let bg = r#"{"timestamp":"2026-11-23 08:57:28.127 UTC","pid":6241,"session_id":"6b03fff8.1861","line_num":1,"session_start":"2026-11-23 08:57:28 UTC","txid":0,"error_severity":"LOG","message":"starting","backend_type":"postmaster","query_id":0}"#;
         let r = parse_jsonlog(bg, None).unwrap();
         assert_eq!(r.user_name, None);
         assert_eq!(r.sql_state.as_deref(), Some("00000"));
         assert_eq!(r.txid.as_deref(), Some("0"));
         assert!(
-            parse_jsonlog(b"{\"message\":\"x\"", None)
+            parse_jsonlog("{\"message\":\"x\"", None)
                 .unwrap_err()
                 .starts_with("jsonlog")
         );
-        assert!(parse_jsonlog(b"[1]", None).is_err());
+        assert!(parse_jsonlog("[1]", None).is_err());
     }
 }

@@ -11,13 +11,14 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-use super::csvrow::read_row;
+use super::csvrow::{read_row, split_row};
+use super::record::{Text, non_empty};
 
 /// A statement field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Statement {
+pub enum Statement<'a> {
     /// The text, normalized (see [`normalize_statement`]).
-    Text(String),
+    Text(Text<'a>),
     /// `<not logged>`.
     NotLogged,
     /// `<previously logged>`: the same statement as an earlier entry of the session.
@@ -37,9 +38,9 @@ pub enum Parameters {
     Values(Vec<String>),
 }
 
-/// One pgaudit entry.
+/// One pgaudit entry; texts borrow from the message where it holds them verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AuditEntry {
+pub struct AuditEntry<'a> {
     /// SESSION or OBJECT.
     pub audit_type: Cow<'static, str>,
     /// Statement id within the backend.
@@ -51,19 +52,42 @@ pub struct AuditEntry {
     /// Command tag, e.g. `CREATE TABLE`.
     pub command: Cow<'static, str>,
     /// Object type, e.g. TABLE.
-    pub object_type: Option<String>,
+    pub object_type: Option<Text<'a>>,
     /// Fully qualified object name.
-    pub object_name: Option<String>,
+    pub object_name: Option<Text<'a>>,
     /// The statement.
-    pub statement: Statement,
+    pub statement: Statement<'a>,
     /// Parameters.
     pub parameters: Parameters,
     /// Rows affected/returned (`pgaudit.log_rows = on` only).
     pub rows: Option<i64>,
 }
 
+impl AuditEntry<'_> {
+    /// The entry with every text owned.
+    pub fn into_owned(self) -> AuditEntry<'static> {
+        let own = |t: Option<Text<'_>>| t.map(|t| Cow::Owned(t.into_owned()));
+        AuditEntry {
+            audit_type: self.audit_type,
+            statement_id: self.statement_id,
+            substatement_id: self.substatement_id,
+            class: self.class,
+            command: self.command,
+            object_type: own(self.object_type),
+            object_name: own(self.object_name),
+            statement: match self.statement {
+                Statement::Text(t) => Statement::Text(Cow::Owned(t.into_owned())),
+                Statement::NotLogged => Statement::NotLogged,
+                Statement::PreviouslyLogged => Statement::PreviouslyLogged,
+            },
+            parameters: self.parameters,
+            rows: self.rows,
+        }
+    }
+}
+
 /// The pgaudit entry in `message`, `None` when the message is not an audit entry.
-pub fn parse_audit(message: &str) -> Option<Result<AuditEntry, String>> {
+pub fn parse_audit(message: &str) -> Option<Result<AuditEntry<'_>, String>> {
     let body = message.strip_prefix("AUDIT: ").or_else(|| {
         let (code, rest) = message.split_at_checked(7)?;
         (code.len() == 7
@@ -75,27 +99,29 @@ pub fn parse_audit(message: &str) -> Option<Result<AuditEntry, String>> {
     Some(parse_body(body))
 }
 
-fn parse_body(body: &str) -> Result<AuditEntry, String> {
-    let row = read_row(body.as_bytes()).map_err(|e| format!("pgaudit: {e}"))?;
+fn parse_body(body: &str) -> Result<AuditEntry<'_>, String> {
+    let row = split_row(body).map_err(|e| format!("pgaudit: {e}"))?;
     if !matches!(row.len(), 9 | 10) {
         return Err(format!("pgaudit: {} fields (expected 9 or 10)", row.len()));
     }
     let f = |i: usize| row.get(i);
     let int = |i: usize| {
-        f(i).parse::<i64>()
-            .map_err(|_| format!("pgaudit field {} is not a number: {:?}", i + 1, f(i)))
+        let v = f(i);
+        v.parse::<i64>()
+            .map_err(|_| format!("pgaudit field {} is not a number: {v:?}", i + 1))
     };
-    let command = static_or_owned(f(4), &COMMANDS);
-    let class = match (f(3), &*command) {
+    let command = static_or_owned(&f(4), &COMMANDS);
+    let class = match (&*f(3), &*command) {
         ("MISC", "SET" | "RESET") => Cow::Borrowed("MISC_SET"),
         (class, _) => static_or_owned(class, &CLASSES),
     };
     let statement = match f(7) {
-        "<not logged>" => Statement::NotLogged,
-        "<previously logged>" => Statement::PreviouslyLogged,
-        s => Statement::Text(normalize_statement(s)),
+        s if s == "<not logged>" => Statement::NotLogged,
+        s if s == "<previously logged>" => Statement::PreviouslyLogged,
+        Cow::Borrowed(s) => Statement::Text(Cow::Borrowed(normalize_statement(s))),
+        Cow::Owned(s) => Statement::Text(Cow::Owned(normalize_statement(&s).to_owned())),
     };
-    let parameters = match f(8) {
+    let parameters = match &*f(8) {
         "<not logged>" => Parameters::NotLogged,
         "<none>" => Parameters::None,
         "<previously logged>" => Parameters::PreviouslyLogged,
@@ -105,13 +131,13 @@ fn parse_body(body: &str) -> Result<AuditEntry, String> {
         }
     };
     Ok(AuditEntry {
-        audit_type: static_or_owned(f(0), &AUDIT_TYPES),
+        audit_type: static_or_owned(&f(0), &AUDIT_TYPES),
         statement_id: int(1)?,
         substatement_id: int(2)?,
         class,
         command,
-        object_type: (!f(5).is_empty()).then(|| f(5).to_owned()),
-        object_name: (!f(6).is_empty()).then(|| f(6).to_owned()),
+        object_type: non_empty(f(5)),
+        object_name: non_empty(f(6)),
         statement,
         parameters,
         rows: if row.len() == 10 && !f(9).is_empty() {
@@ -146,9 +172,9 @@ fn static_or_owned(s: &str, known: &[&'static str]) -> Cow<'static, str> {
 
 /// Leading/trailing whitespace and the terminating `;` removed, so pgaudit 1.x (whole query
 /// string with `;`) and 17 (sub-statement without it) agree.
-pub fn normalize_statement(s: &str) -> String {
+pub fn normalize_statement(s: &str) -> &str {
     let t = s.trim();
-    t.strip_suffix(';').map_or(t, str::trim_end).to_owned()
+    t.strip_suffix(';').map_or(t, str::trim_end)
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 
 use chrono_tz::Tz;
 
+use std::borrow::Cow;
+
 use super::record::{LogRecord, split_host_port};
 use super::time::{parse_epoch, parse_pg_time, parse_session_start};
 
@@ -106,7 +108,7 @@ impl Prefix {
 
     /// Matches the prefix at the start of `line`; fills `rec` and returns the byte offset of
     /// the severity word.
-    pub fn parse_into(&self, line: &str, rec: &mut LogRecord) -> Result<usize, String> {
+    pub fn parse_into<'a>(&self, line: &'a str, rec: &mut LogRecord<'a>) -> Result<usize, String> {
         let mut caps = Captures::default();
         let end = self
             .match_from(0, line, 0, &mut caps)
@@ -163,8 +165,8 @@ impl Prefix {
         }
     }
 
-    fn apply(&self, kind: char, v: &str, rec: &mut LogRecord) -> Result<(), String> {
-        let text = || (!v.is_empty() && v != "[unknown]").then(|| v.to_owned());
+    fn apply<'a>(&self, kind: char, v: &'a str, rec: &mut LogRecord<'a>) -> Result<(), String> {
+        let text = || (!v.is_empty() && v != "[unknown]").then_some(Cow::Borrowed(v));
         let int = || -> Result<Option<i64>, String> {
             if v.is_empty() {
                 Ok(None)
@@ -182,7 +184,7 @@ impl Prefix {
             'b' => rec.backend_type = text(),
             'i' => rec.command_tag = text(),
             'h' => rec.remote_host = text(),
-            'r' => (rec.remote_host, rec.remote_port) = split_host_port(v),
+            'r' => (rec.remote_host, rec.remote_port) = split_host_port(Cow::Borrowed(v)),
             'p' => rec.process_id = int()?,
             'P' => rec.leader_pid = int()?,
             'l' => rec.session_line_num = int()?,
@@ -274,7 +276,7 @@ fn timestamp_len(s: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn parse(prefix: &str, line: &str) -> (LogRecord, String) {
+    fn parse<'a>(prefix: &str, line: &'a str) -> (LogRecord<'a>, String) {
         let p = Prefix::new(prefix, None).unwrap();
         let mut r = LogRecord::default();
         let at = p.parse_into(line, &mut r).unwrap();

@@ -7,6 +7,7 @@
 //! coordinates) it came with, in arrival order per process; an auxiliary line without a parent
 //! is emitted on its own with its own tag. Must not: drop a line.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::prefix::{Prefix, severity_at};
@@ -21,15 +22,22 @@ pub enum LineKind {
     Auxiliary,
 }
 
-/// Parses one shipped stderr record (terminating newline allowed).
-pub fn parse_stderr_line(data: &[u8], prefix: &Prefix) -> Result<(LogRecord, LineKind), String> {
-    let text = std::str::from_utf8(data).map_err(|e| format!("stderr: invalid UTF-8: {e}"))?;
+/// Parses one shipped stderr record (terminating newline allowed); texts borrow from `text`.
+pub fn parse_stderr_line<'a>(
+    text: &'a str,
+    prefix: &Prefix,
+) -> Result<(LogRecord<'a>, LineKind), String> {
     let text = text.strip_suffix('\n').unwrap_or(text);
     let mut rec = LogRecord::default();
     let at = prefix.parse_into(text, &mut rec)?;
     let (word, len) = severity_at(&text[at..]).ok_or("stderr: no severity after the prefix")?;
-    rec.severity = word.to_owned();
-    rec.message = text[at + len..].replace("\n\t", "\n");
+    rec.severity = Cow::Borrowed(word);
+    let message = &text[at + len..];
+    rec.message = if message.contains("\n\t") {
+        Cow::Owned(message.replace("\n\t", "\n"))
+    } else {
+        Cow::Borrowed(message)
+    };
     let kind = match word {
         "DETAIL" | "HINT" | "QUERY" | "CONTEXT" | "LOCATION" | "STATEMENT" => LineKind::Auxiliary,
         _ => LineKind::Primary,
@@ -40,16 +48,21 @@ pub fn parse_stderr_line(data: &[u8], prefix: &Prefix) -> Result<(LogRecord, Lin
         && let Ok(pos) = pos.parse::<i64>()
     {
         rec.query_pos = Some(pos);
-        rec.message.truncate(msg.len());
+        let len = msg.len();
+        match &mut rec.message {
+            Cow::Borrowed(m) => *m = &m[..len],
+            Cow::Owned(m) => m.truncate(len),
+        }
     }
     Ok((rec, kind))
 }
 
 /// Attaches auxiliary lines to the primary record before them from the same process. `T` is
-/// carried with each primary record (its source coordinates) and given back with it.
+/// carried with each primary record (its source coordinates) and given back with it. Records
+/// are held across messages, so they own their texts.
 #[derive(Debug)]
 pub struct StderrAssembler<T> {
-    open: HashMap<Option<i64>, (LogRecord, T)>,
+    open: HashMap<Option<i64>, (LogRecord<'static>, T)>,
 }
 
 impl<T> Default for StderrAssembler<T> {
@@ -62,13 +75,18 @@ impl<T> Default for StderrAssembler<T> {
 
 impl<T> StderrAssembler<T> {
     /// Adds a parsed line tagged `tag`; returns the record it completed, if any.
-    pub fn push(&mut self, rec: LogRecord, kind: LineKind, tag: T) -> Vec<(LogRecord, T)> {
+    pub fn push(
+        &mut self,
+        rec: LogRecord<'static>,
+        kind: LineKind,
+        tag: T,
+    ) -> Vec<(LogRecord<'static>, T)> {
         let key = rec.process_id;
         match kind {
             LineKind::Primary => self.open.insert(key, (rec, tag)).into_iter().collect(),
             LineKind::Auxiliary => match self.open.get_mut(&key) {
                 Some((parent, _)) => {
-                    let slot = match rec.severity.as_str() {
+                    let slot = match &*rec.severity {
                         "DETAIL" => &mut parent.detail,
                         "HINT" => &mut parent.hint,
                         "QUERY" => {
@@ -95,22 +113,25 @@ impl<T> StderrAssembler<T> {
 
     /// Emits the open records logged before `cutoff`. PostgreSQL writes a record's lines in
     /// one piece, so once later lines arrived an older open record is complete.
-    pub fn finish_before(&mut self, cutoff: chrono::DateTime<chrono::Utc>) -> Vec<(LogRecord, T)> {
+    pub fn finish_before(
+        &mut self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(LogRecord<'static>, T)> {
         let keys: Vec<Option<i64>> = self
             .open
             .iter()
             .filter(|(_, (r, _))| r.log_time.is_none_or(|t| t < cutoff))
             .map(|(k, _)| *k)
             .collect();
-        let mut out: Vec<(LogRecord, T)> =
+        let mut out: Vec<(LogRecord<'static>, T)> =
             keys.iter().filter_map(|k| self.open.remove(k)).collect();
         out.sort_by_key(|(r, _)| r.log_time);
         out
     }
 
     /// Emits every open record.
-    pub fn finish(&mut self) -> Vec<(LogRecord, T)> {
-        let mut out: Vec<(LogRecord, T)> = self.open.drain().map(|(_, r)| r).collect();
+    pub fn finish(&mut self) -> Vec<(LogRecord<'static>, T)> {
+        let mut out: Vec<(LogRecord<'static>, T)> = self.open.drain().map(|(_, r)| r).collect();
         out.sort_by_key(|(r, _)| r.log_time);
         out
     }
@@ -132,8 +153,12 @@ mod tests {
         ];
         let mut out = Vec::new();
         for (offset, l) in lines.into_iter().enumerate() {
-            let (r, k) = parse_stderr_line(l, &p).unwrap();
-            out.extend(a.push(r, k, offset).into_iter().map(|(r, _)| r));
+            let (r, k) = parse_stderr_line(std::str::from_utf8(l).unwrap(), &p).unwrap();
+            out.extend(
+                a.push(r.into_owned(), k, offset)
+                    .into_iter()
+                    .map(|(r, _)| r),
+            );
         }
         assert_eq!(out.len(), 1);
         assert_eq!(
@@ -142,21 +167,17 @@ mod tests {
         );
         assert_eq!(out[0].query.as_deref(), Some("INSERT INTO t\nVALUES (1);"));
         assert_eq!(
-            (out[0].message.as_str(), out[0].query_pos),
+            (&*out[0].message, out[0].query_pos),
             ("duplicate key", Some(15))
         );
         let rest = a.finish();
+        assert_eq!((&*rest[0].0.message, rest[0].1), ("next", 3), "its own tag");
+        let (stray, k) = parse_stderr_line(std::str::from_utf8(lines[1]).unwrap(), &p).unwrap();
         assert_eq!(
-            (rest[0].0.message.as_str(), rest[0].1),
-            ("next", 3),
-            "its own tag"
-        );
-        let (stray, k) = parse_stderr_line(lines[1], &p).unwrap();
-        assert_eq!(
-            a.push(stray, k, 9)[0].1,
+            a.push(stray.into_owned(), k, 9)[0].1,
             9,
             "a parentless DETAIL keeps its tag"
         );
-        assert!(parse_stderr_line(b"no prefix here\n", &p).is_err());
+        assert!(parse_stderr_line("no prefix here\n", &p).is_err());
     }
 }
