@@ -83,13 +83,13 @@ impl<'r> RowText<'r> {
     }
 
     /// Appends `parts` joined by `sep`; the range of the whole.
-    pub fn append_joined(&mut self, parts: &[String], sep: &str) -> Span {
+    pub fn append_joined(&mut self, parts: &[impl AsRef<str>], sep: &str) -> Span {
         let start = self.text.len();
         for (i, p) in parts.iter().enumerate() {
             if i > 0 {
                 self.text.push_str(sep);
             }
-            self.text.push_str(p);
+            self.text.push_str(p.as_ref());
         }
         Span::new(start, self.text.len())
     }
@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(t.put(&raw[6..]), Span::new(6, 6));
         assert_eq!(t.put(&owned), Span::new(6, 8));
         assert_eq!(t.put("static"), Span::new(8, 14));
-        let joined = t.append_joined(&["x".into(), "y".into()], ",");
+        let joined = t.append_joined(&["x", "y"], ",");
         let text = t.finish();
         assert_eq!(text, "a,bc,dbcstaticx,y");
         assert_eq!(joined.get(&text), "x,y");

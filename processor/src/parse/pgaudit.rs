@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-use super::csvrow::{read_row, split_row};
+use super::csvrow::split_row;
 use super::record::{Text, non_empty};
 
 /// A statement field.
@@ -27,7 +27,7 @@ pub enum Statement<'a> {
 
 /// The parameter field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Parameters {
+pub enum Parameters<'a> {
     /// `<not logged>` (parameter logging off).
     NotLogged,
     /// `<none>`: the statement had no parameters.
@@ -35,7 +35,7 @@ pub enum Parameters {
     /// `<previously logged>`.
     PreviouslyLogged,
     /// The values, each as logged (may be `<long param suppressed>`).
-    Values(Vec<String>),
+    Values(Vec<Text<'a>>),
 }
 
 /// One pgaudit entry; texts borrow from the message where it holds them verbatim.
@@ -58,7 +58,7 @@ pub struct AuditEntry<'a> {
     /// The statement.
     pub statement: Statement<'a>,
     /// Parameters.
-    pub parameters: Parameters,
+    pub parameters: Parameters<'a>,
     /// Rows affected/returned (`pgaudit.log_rows = on` only).
     pub rows: Option<i64>,
 }
@@ -80,7 +80,14 @@ impl AuditEntry<'_> {
                 Statement::NotLogged => Statement::NotLogged,
                 Statement::PreviouslyLogged => Statement::PreviouslyLogged,
             },
-            parameters: self.parameters,
+            parameters: match self.parameters {
+                Parameters::Values(v) => {
+                    Parameters::Values(v.into_iter().map(|t| Cow::Owned(t.into_owned())).collect())
+                }
+                Parameters::NotLogged => Parameters::NotLogged,
+                Parameters::None => Parameters::None,
+                Parameters::PreviouslyLogged => Parameters::PreviouslyLogged,
+            },
             rows: self.rows,
         }
     }
@@ -121,13 +128,22 @@ fn parse_body(body: &str) -> Result<AuditEntry<'_>, String> {
         Cow::Borrowed(s) => Statement::Text(Cow::Borrowed(normalize_statement(s))),
         Cow::Owned(s) => Statement::Text(Cow::Owned(normalize_statement(&s).to_owned())),
     };
-    let parameters = match &*f(8) {
-        "<not logged>" => Parameters::NotLogged,
-        "<none>" => Parameters::None,
-        "<previously logged>" => Parameters::PreviouslyLogged,
-        list => {
-            let vals = read_row(list.as_bytes()).map_err(|e| format!("pgaudit parameters: {e}"))?;
-            Parameters::Values(vals.iter().map(str::to_owned).collect())
+    let list_err = |e: String| format!("pgaudit parameters: {e}");
+    let parameters = match f(8) {
+        l if l == "<not logged>" => Parameters::NotLogged,
+        l if l == "<none>" => Parameters::None,
+        l if l == "<previously logged>" => Parameters::PreviouslyLogged,
+        Cow::Borrowed(list) => {
+            let vals = split_row(list).map_err(list_err)?;
+            Parameters::Values((0..vals.len()).map(|i| vals.get(i)).collect())
+        }
+        Cow::Owned(list) => {
+            let vals = split_row(&list).map_err(list_err)?;
+            Parameters::Values(
+                (0..vals.len())
+                    .map(|i| Cow::Owned(vals.get(i).into_owned()))
+                    .collect(),
+            )
         }
     };
     Ok(AuditEntry {
