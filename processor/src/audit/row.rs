@@ -34,6 +34,7 @@ impl Span {
     }
 
     /// The text of this range of `text` (`""` if it is not a range of it).
+    #[inline]
     pub fn get(self, text: &str) -> &str {
         text.get(self.start as usize..self.end as usize)
             .unwrap_or("")
@@ -61,6 +62,7 @@ impl<'r> RowText<'r> {
 
     /// The range of `s`: where it lies inside the raw record when it is borrowed from it (the
     /// buffer starts with a copy), else where it was appended.
+    #[inline]
     pub fn put(&mut self, s: &str) -> Span {
         // Addresses only: `s` is a slice of `raw` exactly when it starts inside it and fits.
         let off = (s.as_ptr() as usize).wrapping_sub(self.raw.as_ptr() as usize);

@@ -140,6 +140,8 @@ impl<'a> Split<'a> {
     }
 
     /// Field `i` (`""` past the end): borrowed unless it had to be unescaped or copied.
+    /// Inlined: called for every field, the call itself was a third of its cost.
+    #[inline]
     pub fn get(&self, i: usize) -> Cow<'a, str> {
         match self {
             Split::Borrowed {
