@@ -172,6 +172,17 @@ fn ensure_topic(cfg: &Config, topic: &str, rt: &Handle) -> Result<(), ProcessorE
     c.set("bootstrap.servers", &cfg.brokers);
     let admin: AdminClient<DefaultClientContext> =
         c.create().map_err(|e| kafka("admin client", e))?;
+    let result = ensure_with(&admin, topic, rt);
+    // Destroying a client waits for its threads: not on the way to the first message.
+    std::thread::spawn(move || drop(admin));
+    result
+}
+
+fn ensure_with(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    rt: &Handle,
+) -> Result<(), ProcessorError> {
     let exists = admin
         .inner()
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -215,11 +226,10 @@ pub fn run(
         .map_err(|e| ProcessorError::Config {
             reason: format!("registry_url: {e}"),
         })?;
-    ensure_topic(&cfg, &cfg.dead_letter_topic, &rt)?;
     let dlq = DeadLetters::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.kafka)?;
     let worker = Worker::new(
         cfg.clone(),
-        rt,
+        rt.clone(),
         metrics.clone(),
         Decoder::new(registry),
         dlq,
@@ -240,6 +250,9 @@ pub fn run(
         topics = cfg.topics.join(","),
         "Subscribed."
     );
+    // While librdkafka joins the group in the background: nothing is dead-lettered before
+    // the first poll, below.
+    ensure_topic(&cfg, &cfg.dead_letter_topic, &rt)?;
     let idle_exit = cfg.exit_when_idle_ms.map(Config::ms);
     let started = Instant::now();
     let mut ever_assigned = false;
