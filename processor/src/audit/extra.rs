@@ -5,9 +5,9 @@
 //! are unique and kept in ascending order of their names (the order the table's map column,
 //! serialization and snapshots see, the same as a `BTreeMap`'s); keys are the closed set
 //! [`Key`], whose variants are declared in name order so comparing variants compares names
-//! (tested). Must not: grow large — it is a flat vector searched by bisection, built for the
-//! dozen entries of one row (a `BTreeMap` of owned strings cost a fifth of the per-record time
-//! in allocation and drops).
+//! (tested). Must not: hold anything but [`Key`]s — it is one slot per key, built for the dozen
+//! entries of one row (a `BTreeMap` of owned strings cost a fifth of the per-record time in
+//! allocation and drops; a sorted vector, a twentieth in inserting).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -158,36 +158,50 @@ impl Value {
     }
 }
 
-/// Sorted key/value pairs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Extra(Vec<(Key, Value)>);
+/// One slot per key, in key order (a boxed array: setting an entry is one store, no search and
+/// no shifting; iterating skips the empty slots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extra {
+    slots: Box<[Option<Value>; Key::ALL.len()]>,
+    len: u8,
+}
+
+impl Default for Extra {
+    fn default() -> Self {
+        Extra {
+            slots: Box::new([const { None }; Key::ALL.len()]),
+            len: 0,
+        }
+    }
+}
 
 impl Extra {
-    /// An empty map with room for `n` entries.
-    pub fn with_capacity(n: usize) -> Self {
-        Extra(Vec::with_capacity(n))
+    /// An empty map (room for every key; `_n` is kept for callers that size maps).
+    pub fn with_capacity(_n: usize) -> Self {
+        Extra::default()
     }
 
-    /// Sets `key` to `value` (replacing an earlier value). Inlined: built on the stack and
-    /// copied in, the entry stalled on store forwarding (a twentieth of the per-row time).
+    /// Sets `key` to `value` (replacing an earlier value).
     #[inline]
     pub fn insert(&mut self, key: Key, value: impl Into<Value>) {
-        let value = value.into();
-        // Entries mostly come in key order: appending needs no search.
-        if self.0.last().is_none_or(|(last, _)| *last < key) {
-            self.0.push((key, value));
-            return;
+        let slot = &mut self.slots[key as usize];
+        if slot.is_none() {
+            self.len += 1;
         }
-        match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (key, value)),
-        }
+        *slot = Some(value.into());
+    }
+
+    /// The entries, in key order.
+    fn entries(&self) -> impl Iterator<Item = (Key, &Value)> {
+        Key::ALL
+            .iter()
+            .zip(self.slots.iter())
+            .filter_map(|(k, v)| v.as_ref().map(|v| (*k, v)))
     }
 
     /// The value of the key named `key` (spans read from the row's `text`).
     pub fn get<'a>(&'a self, text: &'a str, key: &str) -> Option<Cow<'a, str>> {
-        self.0
-            .iter()
+        self.entries()
             .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| match v {
                 Value::Text(s) => Cow::Borrowed(s.as_str()),
@@ -200,17 +214,17 @@ impl Extra {
 
     /// Whether `key` is set.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.0.iter().any(|(k, _)| k.as_str() == key)
+        self.entries().any(|(k, _)| k.as_str() == key)
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.0.len()
+        usize::from(self.len)
     }
 
     /// Whether there is no entry.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
 
     /// Calls `f` with each entry's name and text (spans read from the row's `text`), in key
@@ -222,8 +236,8 @@ impl Extra {
     /// [`Extra::for_each`] with the keys themselves.
     pub fn for_each_key(&self, text: &str, mut f: impl FnMut(Key, &str)) {
         let mut buf = itoa::Buffer::new();
-        for (k, v) in &self.0 {
-            f(*k, v.as_str(text, &mut buf));
+        for (k, v) in self.entries() {
+            f(k, v.as_str(text, &mut buf));
         }
     }
 }
@@ -233,9 +247,9 @@ pub struct ExtraView<'a>(pub &'a Extra, pub &'a str);
 
 impl Serialize for ExtraView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.0.len()))?;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
         let mut buf = itoa::Buffer::new();
-        for (k, v) in &self.0.0 {
+        for (k, v) in self.0.entries() {
             m.serialize_entry(k.as_str(), v.as_str(self.1, &mut buf))?;
         }
         m.end()
@@ -256,6 +270,8 @@ mod tests {
         sorted.dedup();
         assert_eq!(names, sorted);
         assert!(Key::ALL.windows(2).all(|w| w[0] < w[1]));
+        // A key's slot is its place in `ALL`.
+        assert!(Key::ALL.iter().enumerate().all(|(i, k)| *k as usize == i));
     }
 
     proptest! {
