@@ -3,7 +3,8 @@
 //! row structs and converted at commit time (that copy of cold rows, and dropping them, was a
 //! quarter of the per-record time, and held every row twice in memory while it was written).
 //!
-//! Owns [`RowBuffer`] and [`to_batch`]. Invariants: batches have exactly [`arrow_schema`]'s
+//! Owns [`RowBuffer`] and [`to_batch`]; string columns are built in `text` from recycled
+//! buffers. Invariants: batches have exactly [`arrow_schema`]'s
 //! columns in order, at most [`BATCH_ROWS`] rows and, from a [`RowBuffer`], one `ingest_date`
 //! (the Delta partition); [`RowBuffer::len`] counts every row pushed and not taken;
 //! [`RowBuffer::bytes`] never under-counts what the buffer holds by more than the builders'
@@ -13,8 +14,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{
-    ArrayRef, Date32Builder, Int32Builder, Int64Builder, MapArray, StringArray, StringBuilder,
-    StructArray, TimestampMicrosecondBuilder,
+    ArrayRef, Date32Builder, Int32Builder, Int64Builder, MapArray, StringArray, StructArray,
+    TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use deltalake::arrow::datatypes::DataType;
@@ -23,6 +24,11 @@ use deltalake::arrow::record_batch::RecordBatch;
 
 use super::{LakeRow, arrow_schema};
 use crate::audit::{AuditRow, Key};
+
+mod text;
+
+use text::TextColumn;
+pub use text::recycle;
 
 /// Rows per Arrow batch handed to the Parquet writer.
 pub const BATCH_ROWS: usize = 8192;
@@ -88,13 +94,13 @@ impl Default for Sizes {
 /// The builders of one batch being filled.
 struct Builders {
     event_time: TimestampMicrosecondBuilder,
-    text: [StringBuilder; TEXT],
+    text: [TextColumn; TEXT],
     /// `extra`'s keys, one per entry (their names are written at the end, in one pass).
     extra_keys: Vec<Key>,
     /// Bytes of those names.
     extra_key_bytes: usize,
     /// `extra`'s values.
-    extra_values: StringBuilder,
+    extra_values: TextColumn,
     /// Where each row's entries start in `extra_keys`, and the end.
     extra_offsets: Vec<i32>,
     ingest_ts: TimestampMicrosecondBuilder,
@@ -114,10 +120,10 @@ impl Builders {
         let cap = |per_row: usize| rows * per_row + rows * per_row / 8;
         Builders {
             event_time: TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            text: std::array::from_fn(|i| StringBuilder::with_capacity(rows, cap(sizes.text[i]))),
+            text: std::array::from_fn(|i| TextColumn::with_capacity(rows, cap(sizes.text[i]))),
             extra_keys: Vec::with_capacity(cap(sizes.entries)),
             extra_key_bytes: 0,
-            extra_values: StringBuilder::with_capacity(cap(sizes.entries), cap(sizes.values)),
+            extra_values: TextColumn::with_capacity(cap(sizes.entries), cap(sizes.values)),
             extra_offsets: {
                 let mut v = Vec::with_capacity(rows + 1);
                 v.push(0);
@@ -144,36 +150,40 @@ impl Builders {
         let t = &mut self.text;
         self.event_time
             .append_option(row.event_time.map(|t| t.timestamp_micros()));
-        t[DB_NAME].append_option(row.db_name());
-        t[USER_NAME].append_option(row.user_name());
-        t[CLIENT_ADDR].append_option(row.client_addr());
-        t[SESSION_ID].append_option(row.session_id());
-        t[COMMAND_TAG].append_value(&row.command_tag);
-        t[OBJECT_TYPE].append_option(row.object_type());
-        t[OBJECT_NAME].append_option(row.object_name());
-        t[STATEMENT].append_option(row.statement());
-        t[AUDIT_CLASS].append_value(&row.audit_class);
-        t[RESULT].append_value(row.result.as_str());
-        t[ERROR_CODE].append_option(row.error_code());
+        t[DB_NAME].append_option(row.db_name())?;
+        t[USER_NAME].append_option(row.user_name())?;
+        t[CLIENT_ADDR].append_option(row.client_addr())?;
+        t[SESSION_ID].append_option(row.session_id())?;
+        t[COMMAND_TAG].append_value(&row.command_tag)?;
+        t[OBJECT_TYPE].append_option(row.object_type())?;
+        t[OBJECT_NAME].append_option(row.object_name())?;
+        t[STATEMENT].append_option(row.statement())?;
+        t[AUDIT_CLASS].append_value(&row.audit_class)?;
+        t[RESULT].append_value(row.result.as_str())?;
+        t[ERROR_CODE].append_option(row.error_code())?;
         let (keys, values) = (&mut self.extra_keys, &mut self.extra_values);
         let (key_bytes, extra_bytes) = (&mut self.extra_key_bytes, &mut self.extra_bytes);
+        let mut appended = Ok(());
         row.for_each_extra(|k, v| {
             keys.push(k);
-            values.append_value(v);
+            if let Err(e) = values.append_value(v) {
+                appended = Err(e);
+            }
             *key_bytes += k.as_str().len();
             *extra_bytes += k.as_str().len() + v.len();
         });
+        appended?;
         self.entries += row.extra_len();
         self.extra_offsets
             .push(i32::try_from(self.extra_keys.len()).map_err(|_| {
                 ArrowError::ComputeError("more than 2^31 extra entries in one batch".into())
             })?);
         self.ingest_ts.append_value(ingest_ts.timestamp_micros());
-        t[SRC].append_value(row.src);
-        t[RAW].append_value(row.raw());
+        t[SRC].append_value(row.src)?;
+        t[RAW].append_value(row.raw())?;
         self.ingest_date.append_value(day);
-        t[EVENT_ID].append_value(row.event_id());
-        t[KAFKA_TOPIC].append_value(topic);
+        t[EVENT_ID].append_value(row.event_id())?;
+        t[KAFKA_TOPIC].append_value(topic)?;
         self.kafka_partition.append_value(partition);
         self.kafka_offset.append_value(offset);
         self.rows += 1;
@@ -185,8 +195,8 @@ impl Builders {
         let rows = self.rows.max(1);
         let per_row = |bytes: usize| bytes.div_ceil(rows);
         Sizes {
-            text: std::array::from_fn(|i| per_row(self.text[i].values_slice().len())),
-            values: per_row(self.extra_values.values_slice().len()),
+            text: std::array::from_fn(|i| per_row(self.text[i].values_len())),
+            values: per_row(self.extra_values.values_len()),
             entries: per_row(self.entries),
         }
     }
@@ -194,17 +204,17 @@ impl Builders {
     /// Bytes of what was appended: the strings, plus per row and per `extra` entry what Arrow
     /// keeps beside them (offsets, validity, fixed-width columns).
     fn content_bytes(&self) -> usize {
-        self.text
-            .iter()
-            .map(|b| b.values_slice().len())
-            .sum::<usize>()
+        self.text.iter().map(TextColumn::values_len).sum::<usize>()
             + self.extra_bytes
             + self.entries * ENTRY_OVERHEAD
             + self.rows * ROW_OVERHEAD
     }
 
     fn finish(mut self) -> Result<RecordBatch, ArrowError> {
-        let text = self.text.map(|mut b| Arc::new(b.finish()) as ArrayRef);
+        let mut text: Vec<ArrayRef> = Vec::with_capacity(TEXT);
+        for column in self.text {
+            text.push(Arc::new(column.finish()?));
+        }
         let t = |i: usize| Arc::clone(&text[i]);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_time.finish()),
@@ -222,7 +232,7 @@ impl Builders {
             Arc::new(extra_map(
                 &self.extra_keys,
                 self.extra_key_bytes,
-                self.extra_values.finish(),
+                self.extra_values.finish()?,
                 std::mem::take(&mut self.extra_offsets),
             )?),
             Arc::new(self.ingest_ts.finish()),
