@@ -1,10 +1,8 @@
-//! One CSV row split into fields, fast: the common shape by a direct splitter, anything else
-//! by a `csv_core` reader built once per thread and reset per row (a new `csv::Reader` per row
-//! spent most of its time building its DFA), both writing into per-thread buffers a dropped row
-//! hands back (no allocation per row).
-//!
-//! [`split_row`] goes further for text already known to be UTF-8: in the common shape its
-//! fields borrow from the input, and only a field with `""` inside is copied (unescaped).
+//! One CSV row split into fields, fast: [`split_row`] splits the common shape in place (fields
+//! borrow from the text, only a field with `""` inside is copied, unescaped); anything else is
+//! read by [`read_row`], a `csv_core` reader built once per thread and reset per row (a new
+//! `csv::Reader` per row spent most of its time building its DFA), writing into per-thread
+//! buffers a dropped row hands back (no allocation per row).
 //!
 //! Owns [`CsvRow`], [`read_row`], [`Split`] and [`split_row`]. Invariant: fields are exactly
 //! what the `csv` crate reads for the same bytes (property-tested); bytes that are not UTF-8
@@ -75,14 +73,10 @@ thread_local! {
     static SPARE: RefCell<(Vec<u8>, Vec<usize>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Reads exactly one row from `input` (a trailing newline is allowed).
+/// Reads exactly one row from `input` (a trailing newline is allowed), any shape.
 pub fn read_row(input: &[u8]) -> Result<CsvRow, String> {
     let (mut out, mut ends) = SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    out.clear();
-    ends.clear();
-    if !split_simple(input, &mut out, &mut ends) {
-        split_csv_core(input, &mut out, &mut ends)?;
-    }
+    split_csv_core(input, &mut out, &mut ends)?;
     let text = match String::from_utf8(out) {
         Ok(t) => t,
         Err(e) => {
@@ -179,7 +173,7 @@ fn unescape(field: &str) -> String {
 }
 
 /// Splits exactly one row of `text` (a trailing newline is allowed), borrowing its fields in
-/// the common shape (see [`split_simple`]), else through [`read_row`].
+/// the common shape (see [`split_spans`]), else through [`read_row`].
 pub fn split_row(text: &str) -> Result<Split<'_>, String> {
     let mut spans = [(0, 0); MAX_FIELDS];
     match split_spans(text.as_bytes(), &mut spans) {
@@ -193,9 +187,13 @@ pub fn split_row(text: &str) -> Result<Split<'_>, String> {
     }
 }
 
-/// [`split_simple`]'s shape, as ranges of the input in `spans`; returns the escaped-field
-/// bits and the number of fields (`None`: another shape, too many fields, or an input of
-/// 4 GiB). Delimiters are ASCII, so every range is on UTF-8 boundaries.
+/// The common shape, fast: fields plain or quoted (`""` inside), one row ending in `\n` or at
+/// the end, no `\r` anywhere. Quoted fields are found by `memchr`, plain ones eight bytes at a
+/// time ([`plain_len`]). Writes the fields' ranges into `spans` and returns the escaped-field
+/// bits and the number of fields; `None` at anything else (`\r`, a quote inside a plain field,
+/// text after a closing quote, an unterminated quote, a second row, a leading blank line, more
+/// than [`MAX_FIELDS`] fields, an input of 4 GiB), which `csv_core` then reads: it decides
+/// every unusual case. Delimiters are ASCII, so every range is on UTF-8 boundaries.
 fn split_spans(input: &[u8], spans: &mut [(u32, u32); MAX_FIELDS]) -> Option<(u32, usize)> {
     let n = input.len();
     if n == 0
@@ -245,49 +243,6 @@ fn split_spans(input: &[u8], spans: &mut [(u32, u32); MAX_FIELDS]) -> Option<(u3
                     .then_some((escaped_bits, len));
             }
             Some(_) => return None,
-        }
-    }
-}
-
-/// The common case, fast: fields plain or quoted (`""` inside), one row ending in `\n` or at
-/// the end, no `\r` anywhere. Quoted fields are found by `memchr`, plain ones eight bytes at a
-/// time ([`plain_len`]). Returns `false`, leaving the buffers to be cleared, at anything else
-/// (`\r`, a quote inside a plain field, text after a closing quote, an unterminated quote, a
-/// second row, a leading blank line), which `csv_core` then reads: it decides every unusual case.
-fn split_simple(input: &[u8], out: &mut Vec<u8>, ends: &mut Vec<usize>) -> bool {
-    let n = input.len();
-    if n == 0 || input[0] == b'\n' || memchr::memchr(b'\r', input).is_some() {
-        return false;
-    }
-    out.reserve(n);
-    let mut i = 0;
-    loop {
-        if input.get(i) == Some(&b'"') {
-            i += 1;
-            loop {
-                let Some(q) = memchr::memchr(b'"', &input[i..]) else {
-                    return false;
-                };
-                out.extend_from_slice(&input[i..i + q]);
-                i += q + 1;
-                if input.get(i) == Some(&b'"') {
-                    out.push(b'"');
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-        } else {
-            let start = i;
-            i += plain_len(&input[i..]);
-            out.extend_from_slice(&input[start..i]);
-        }
-        ends.push(out.len());
-        match input.get(i) {
-            None => return true,
-            Some(b',') => i += 1,
-            Some(b'\n') => return input[i + 1..].iter().all(u8::is_ascii_whitespace),
-            Some(_) => return false,
         }
     }
 }
@@ -391,10 +346,16 @@ mod tests {
 
         /// Wherever the fast path answers, it answers what csv_core does.
         #[test]
-        fn fast_path_agrees_with_csv_core(input in "[ab,\"\n\r ]{0,24}") {
-            let (mut out, mut ends) = (Vec::new(), Vec::new());
-            if split_simple(input.as_bytes(), &mut out, &mut ends) {
-                prop_assert_eq!(Ok((out, ends)), via_csv_core(input.as_bytes()), "{:?}", input);
+        fn fast_path_agrees_with_csv_core(input in "[ab,\"\n\r é]{0,24}") {
+            if let Ok(split @ Split::Borrowed { .. }) = split_row(&input) {
+                let (out, ends) = via_csv_core(input.as_bytes()).unwrap();
+                let mut start = 0;
+                let fields: Vec<String> = ends.iter().map(|&end| {
+                    let f = String::from_utf8(out[start..end].to_vec()).unwrap();
+                    start = end;
+                    f
+                }).collect();
+                prop_assert_eq!((0..split.len()).map(|i| split.get(i).into_owned()).collect::<Vec<_>>(), fields, "{:?}", input);
             }
         }
 
@@ -413,13 +374,14 @@ mod tests {
             let bytes = w.into_inner().unwrap();
             let row = read_row(&bytes).unwrap();
             let text = std::str::from_utf8(&bytes).unwrap();
-            prop_assert!(matches!(split_row(text), Ok(Split::Borrowed { .. })), "{:?}", text);
             // Well-formed rows take the fast path.
-            prop_assert!(split_simple(&bytes, &mut Vec::new(), &mut Vec::new()), "{:?}", bytes);
+            let split = split_row(text).unwrap();
+            prop_assert!(matches!(split, Split::Borrowed { .. }), "{:?}", text);
             let mut rd = csv::ReaderBuilder::new().has_headers(false).from_reader(&bytes[..]);
             let mut expected = csv::StringRecord::new();
             rd.read_record(&mut expected).unwrap();
             prop_assert_eq!(row.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
+            prop_assert!((0..split.len()).map(|i| split.get(i)).eq(expected.iter()));
         }
     }
 }
