@@ -58,14 +58,13 @@ pub fn parse_record<'a>(
     {
         return Err(format!("{}: invalid UTF-8: {e}", format.as_str()));
     }
-    let data = text;
     match format {
         LogFormat::Csvlog => {
-            csvlog::parse_csvlog(data, server.zone).map(|r| (r, stderr::LineKind::Primary))
+            csvlog::parse_csvlog(text, server.zone).map(|r| (r, stderr::LineKind::Primary))
         }
         LogFormat::Jsonlog => {
-            jsonlog::parse_jsonlog(data, server.zone).map(|r| (r, stderr::LineKind::Primary))
+            jsonlog::parse_jsonlog(text, server.zone).map(|r| (r, stderr::LineKind::Primary))
         }
-        LogFormat::Stderr => stderr::parse_stderr_line(data, &server.prefix),
+        LogFormat::Stderr => stderr::parse_stderr_line(text, &server.prefix),
     }
 }

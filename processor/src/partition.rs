@@ -271,19 +271,10 @@ impl Partition {
         // The record's text, validated once and read in place (in the message): the parsers
         // borrow their fields from it and a row copies it whole (one copy instead of a dozen
         // field strings).
-        let (raw, invalid): (Cow<'_, str>, _) = match rec.data {
-            Cow::Borrowed(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) => (Cow::Borrowed(text), None),
-                Err(e) => (String::from_utf8_lossy(bytes), Some(e)),
-            },
-            Cow::Owned(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => (Cow::Owned(text), None),
-                Err(e) => {
-                    let why = e.utf8_error();
-                    let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
-                    (Cow::Owned(text), Some(why))
-                }
-            },
+        let data = rec.data;
+        let (raw, invalid) = match std::str::from_utf8(&data) {
+            Ok(text) => (Cow::Borrowed(text), None),
+            Err(e) => (String::from_utf8_lossy(&data), Some(e)),
         };
         let parsed = servers
             .format(&rec.source.server)

@@ -161,11 +161,11 @@ impl OutcomeTracker {
         let disposition = match parse_audit(&rec.message) {
             Some(Err(reason)) => Disposition::Poison(reason),
             Some(Ok(entry)) => {
-                if let Statement::Text(s) = &entry.statement {
-                    session.remember_statement(entry.statement_id, s);
-                }
                 let statement = match &entry.statement {
-                    Statement::Text(s) => Some(&**s),
+                    Statement::Text(s) => {
+                        session.remember_statement(entry.statement_id, s);
+                        Some(&**s)
+                    }
                     Statement::PreviouslyLogged => session
                         .last_statement
                         .as_ref()

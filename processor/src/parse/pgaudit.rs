@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use super::csvrow::split_row;
-use super::record::{Text, non_empty};
+use super::record::{Text, non_empty, owned, part};
 
 /// A statement field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,7 +66,7 @@ pub struct AuditEntry<'a> {
 impl AuditEntry<'_> {
     /// The entry with every text owned.
     pub fn into_owned(self) -> AuditEntry<'static> {
-        let own = |t: Option<Text<'_>>| t.map(|t| Cow::Owned(t.into_owned()));
+        let own = |t: Option<Text<'_>>| t.map(owned);
         AuditEntry {
             audit_type: self.audit_type,
             statement_id: self.statement_id,
@@ -76,14 +76,12 @@ impl AuditEntry<'_> {
             object_type: own(self.object_type),
             object_name: own(self.object_name),
             statement: match self.statement {
-                Statement::Text(t) => Statement::Text(Cow::Owned(t.into_owned())),
+                Statement::Text(t) => Statement::Text(owned(t)),
                 Statement::NotLogged => Statement::NotLogged,
                 Statement::PreviouslyLogged => Statement::PreviouslyLogged,
             },
             parameters: match self.parameters {
-                Parameters::Values(v) => {
-                    Parameters::Values(v.into_iter().map(|t| Cow::Owned(t.into_owned())).collect())
-                }
+                Parameters::Values(v) => Parameters::Values(v.into_iter().map(owned).collect()),
                 Parameters::NotLogged => Parameters::NotLogged,
                 Parameters::None => Parameters::None,
                 Parameters::PreviouslyLogged => Parameters::PreviouslyLogged,
@@ -125,8 +123,7 @@ fn parse_body(body: &str) -> Result<AuditEntry<'_>, String> {
     let statement = match f(7) {
         s if s == "<not logged>" => Statement::NotLogged,
         s if s == "<previously logged>" => Statement::PreviouslyLogged,
-        Cow::Borrowed(s) => Statement::Text(Cow::Borrowed(normalize_statement(s))),
-        Cow::Owned(s) => Statement::Text(Cow::Owned(normalize_statement(&s).to_owned())),
+        s => Statement::Text(part(&s, normalize_statement)),
     };
     let list_err = |e: String| format!("pgaudit parameters: {e}");
     let parameters = match f(8) {

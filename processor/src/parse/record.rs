@@ -78,7 +78,7 @@ pub struct LogRecord<'a> {
 impl LogRecord<'_> {
     /// The record with every text owned (to be held beyond its bytes).
     pub fn into_owned(self) -> LogRecord<'static> {
-        let own = |t: Option<Text<'_>>| t.map(|t| Cow::Owned(t.into_owned()));
+        let own = |t: Option<Text<'_>>| t.map(owned);
         LogRecord {
             log_time: self.log_time,
             user_name: own(self.user_name),
@@ -92,9 +92,9 @@ impl LogRecord<'_> {
             session_start: self.session_start,
             vxid: own(self.vxid),
             txid: own(self.txid),
-            severity: Cow::Owned(self.severity.into_owned()),
+            severity: owned(self.severity),
             sql_state: own(self.sql_state),
-            message: Cow::Owned(self.message.into_owned()),
+            message: owned(self.message),
             detail: own(self.detail),
             hint: own(self.hint),
             internal_query: own(self.internal_query),
@@ -128,16 +128,23 @@ pub fn split_host_port<'a>(s: Text<'a>) -> (Option<Text<'a>>, Option<Text<'a>>) 
             _ => (s.len(), None),
         }
     };
-    match s {
-        Cow::Borrowed(b) => (
-            Some(Cow::Borrowed(&b[..host])),
-            port.map(|(a, z)| Cow::Borrowed(&b[a..z])),
-        ),
-        Cow::Owned(o) => (
-            Some(Cow::Owned(o[..host].to_owned())),
-            port.map(|(a, z)| Cow::Owned(o[a..z].to_owned())),
-        ),
+    (
+        Some(part(&s, |t| &t[..host])),
+        port.map(|(a, z)| part(&s, |t| &t[a..z])),
+    )
+}
+
+/// The part of `t` that `pick` returns: borrowed from what `t` borrows, else copied.
+pub fn part<'a>(t: &Text<'a>, pick: impl FnOnce(&str) -> &str) -> Text<'a> {
+    match t {
+        Cow::Borrowed(b) => Cow::Borrowed(pick(b)),
+        Cow::Owned(o) => Cow::Owned(pick(o).to_owned()),
     }
+}
+
+/// `t` owned (to be held beyond the bytes it borrowed from).
+pub fn owned(t: Text<'_>) -> Text<'static> {
+    Cow::Owned(t.into_owned())
 }
 
 /// `Some(s)` unless empty.
