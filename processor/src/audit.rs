@@ -137,7 +137,7 @@ fn row_extra(
         Specific::Audit(entry, _) => Some(*entry),
         Specific::Unaudited { .. } => None,
     };
-    let mut e = Extra::with_capacity(18);
+    let mut e = Extra::default();
     if let Some(v) = &rec.application_name {
         e.insert(Key::ApplicationName, t.put(v));
     }
@@ -252,6 +252,12 @@ pub fn statement_fingerprint(statement: &str) -> String {
     hex(fingerprint_hash(statement), 16, &mut digits).to_owned()
 }
 
+/// [`statement_fingerprint`] appended to a row's buffer; its range.
+fn fingerprint_span(t: &mut RowText<'_>, statement: &str) -> Span {
+    let mut digits = [0u8; 32];
+    t.append(hex(fingerprint_hash(statement), 16, &mut digits))
+}
+
 /// [`statement_fingerprint`]'s 64-bit hash.
 fn fingerprint_hash(statement: &str) -> u128 {
     FOLDED.with_borrow_mut(|folded| {
@@ -328,10 +334,7 @@ pub fn audit_row(
     raw: &str,
 ) -> AuditRow {
     let mut t = RowText::new(raw, ROW_ROOM);
-    let fingerprint = statement.map(|s| {
-        let mut digits = [0u8; 32];
-        t.append(hex(fingerprint_hash(s), 16, &mut digits))
-    });
+    let fingerprint = statement.map(|s| fingerprint_span(&mut t, s));
     let extra = row_extra(rec, src, &mut t, &Specific::Audit(entry, fingerprint));
     let audit = Audit {
         command_tag: entry.command.clone(),
@@ -356,8 +359,7 @@ pub fn unaudited_failure_row(
     let statement = normalize_statement(statement);
     let (class, command) = classify(statement);
     let mut t = RowText::new(raw, ROW_ROOM);
-    let mut digits = [0u8; 32];
-    let fingerprint = t.append(hex(fingerprint_hash(statement), 16, &mut digits));
+    let fingerprint = fingerprint_span(&mut t, statement);
     let message = t.put(&rec.message);
     let extra = row_extra(
         rec,

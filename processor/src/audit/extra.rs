@@ -118,15 +118,6 @@ impl From<String> for Value {
     }
 }
 
-impl From<Cow<'static, str>> for Value {
-    fn from(s: Cow<'static, str>) -> Self {
-        match s {
-            Cow::Borrowed(s) => Value::Const(s),
-            Cow::Owned(s) => Value::Text(s),
-        }
-    }
-}
-
 impl From<Arc<str>> for Value {
     fn from(s: Arc<str>) -> Self {
         Value::Shared(s)
@@ -176,11 +167,6 @@ impl Default for Extra {
 }
 
 impl Extra {
-    /// An empty map (room for every key; `_n` is kept for callers that size maps).
-    pub fn with_capacity(_n: usize) -> Self {
-        Extra::default()
-    }
-
     /// Sets `key` to `value` (replacing an earlier value).
     #[inline]
     pub fn insert(&mut self, key: Key, value: impl Into<Value>) {

@@ -41,6 +41,13 @@ impl Span {
     }
 }
 
+/// Appends `s` to a row's `text`; its range.
+fn push(text: &mut String, s: &str) -> Span {
+    let start = text.len();
+    text.push_str(s);
+    Span::new(start, text.len())
+}
+
 /// Builds a row's text buffer: the raw record first, then what does not lie inside it.
 pub struct RowText<'r> {
     raw: &'r str,
@@ -79,9 +86,7 @@ impl<'r> RowText<'r> {
 
     /// Appends `s`; its range.
     pub fn append(&mut self, s: &str) -> Span {
-        let start = self.text.len();
-        self.text.push_str(s);
-        Span::new(start, self.text.len())
+        push(&mut self.text, s)
     }
 
     /// Appends `parts` joined by `sep`; the range of the whole.
@@ -180,11 +185,7 @@ impl AuditRow {
 
     /// Sets the SQLSTATE of the failure.
     pub fn set_error_code(&mut self, code: Option<&str>) {
-        self.error_code = code.map(|c| {
-            let start = self.text.len();
-            self.text.push_str(c);
-            Span::new(start, self.text.len())
-        });
+        self.error_code = code.map(|c| push(&mut self.text, c));
     }
 
     /// The record as logged.
@@ -210,11 +211,6 @@ impl AuditRow {
     /// Whether `extra` has `key`.
     pub fn extra_contains(&self, key: &str) -> bool {
         self.extra.contains_key(key)
-    }
-
-    /// Number of `extra` entries.
-    pub fn extra_len(&self) -> usize {
-        self.extra.len()
     }
 
     /// Calls `f` with each `extra` entry's key and text, in key order.

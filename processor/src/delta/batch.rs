@@ -17,7 +17,7 @@ use deltalake::arrow::array::{
     ArrayRef, Date32Builder, Int32Builder, Int64Builder, MapArray, StringArray, StructArray,
     TimestampMicrosecondBuilder,
 };
-use deltalake::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
+use deltalake::arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
@@ -108,10 +108,6 @@ struct Builders {
     kafka_partition: Int32Builder,
     kafka_offset: Int64Builder,
     rows: usize,
-    /// Bytes of `extra`'s keys and values appended.
-    extra_bytes: usize,
-    /// `extra` entries appended.
-    entries: usize,
 }
 
 impl Builders {
@@ -134,8 +130,6 @@ impl Builders {
             kafka_partition: Int32Builder::with_capacity(rows),
             kafka_offset: Int64Builder::with_capacity(rows),
             rows: 0,
-            extra_bytes: 0,
-            entries: 0,
         }
     }
 
@@ -162,7 +156,7 @@ impl Builders {
         t[RESULT].append_value(row.result.as_str())?;
         t[ERROR_CODE].append_option(row.error_code())?;
         let (keys, values) = (&mut self.extra_keys, &mut self.extra_values);
-        let (key_bytes, extra_bytes) = (&mut self.extra_key_bytes, &mut self.extra_bytes);
+        let key_bytes = &mut self.extra_key_bytes;
         let mut appended = Ok(());
         row.for_each_extra(|k, v| {
             keys.push(k);
@@ -170,10 +164,8 @@ impl Builders {
                 appended = Err(e);
             }
             *key_bytes += k.as_str().len();
-            *extra_bytes += k.as_str().len() + v.len();
         });
         appended?;
-        self.entries += row.extra_len();
         self.extra_offsets
             .push(i32::try_from(self.extra_keys.len()).map_err(|_| {
                 ArrowError::ComputeError("more than 2^31 extra entries in one batch".into())
@@ -197,7 +189,7 @@ impl Builders {
         Sizes {
             text: std::array::from_fn(|i| per_row(self.text[i].values_len())),
             values: per_row(self.extra_values.values_len()),
-            entries: per_row(self.entries),
+            entries: per_row(self.extra_keys.len()),
         }
     }
 
@@ -205,8 +197,9 @@ impl Builders {
     /// keeps beside them (offsets, validity, fixed-width columns).
     fn content_bytes(&self) -> usize {
         self.text.iter().map(TextColumn::values_len).sum::<usize>()
-            + self.extra_bytes
-            + self.entries * ENTRY_OVERHEAD
+            + self.extra_key_bytes
+            + self.extra_values.values_len()
+            + self.extra_keys.len() * ENTRY_OVERHEAD
             + self.rows * ROW_OVERHEAD
     }
 
@@ -256,18 +249,11 @@ fn extra_map(
     values: StringArray,
     offsets: Vec<i32>,
 ) -> Result<MapArray, ArrowError> {
-    let mut names = Vec::with_capacity(key_bytes);
-    let mut ends = Vec::with_capacity(keys.len() + 1);
-    ends.push(0i32);
+    let mut names = TextColumn::with_capacity(keys.len(), key_bytes);
     for k in keys {
-        names.extend_from_slice(k.as_str().as_bytes());
-        ends.push(i32::try_from(names.len()).unwrap_or(i32::MAX));
+        names.append_value(k.as_str())?;
     }
-    let keys = StringArray::try_new(
-        OffsetBuffer::new(ScalarBuffer::from(ends)),
-        Buffer::from_vec(names),
-        None,
-    )?;
+    let keys = names.finish()?;
     let DataType::Map(entry, ordered) =
         arrow_schema().field_with_name("extra")?.data_type().clone()
     else {
