@@ -17,7 +17,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use crate::error::AvroError;
 use crate::record::{
     KNOWN_SCHEMAS, RawRecord, RawRecordRef, RecordFields, SourceCache, current_schema,
-    decode_current_datum_cached, decode_current_datum_ref, encode_datum, record_from_value,
+    decode_current_datum_ref, encode_datum, record_from_value,
 };
 use crate::registry::Registry;
 
@@ -97,13 +97,8 @@ impl Decoder {
         }
     }
 
-    /// A current-schema datum, its source shared with earlier records of the same file.
-    fn decode_current(&self, datum: &[u8]) -> Result<RawRecord, AvroError> {
-        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        decode_current_datum_cached(datum, &mut sources)
-    }
-
-    /// [`Decoder::decode_current`], the bytes borrowed from `datum`.
+    /// A current-schema datum, its source shared with earlier records of the same file, its
+    /// bytes borrowed from `datum`.
     fn decode_current_ref<'a>(&self, datum: &'a [u8]) -> Result<RawRecordRef<'a>, AvroError> {
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         decode_current_datum_ref(datum, &mut sources)
@@ -111,6 +106,12 @@ impl Decoder {
 
     /// Decodes a message value of either framing.
     pub async fn decode(&self, msg: &[u8]) -> Result<RawRecord, AvroError> {
+        self.decode_ref(msg).await.map(RawRecordRef::into_owned)
+    }
+
+    /// [`Decoder::decode`], the record's bytes borrowed from `msg` when it was written with
+    /// the current schema.
+    pub async fn decode_ref<'a>(&self, msg: &'a [u8]) -> Result<RawRecordRef<'a>, AvroError> {
         match msg.first() {
             Some(&CONFLUENT_MAGIC) => {
                 let id_bytes: [u8; 4] = msg
@@ -125,12 +126,13 @@ impl Decoder {
                 let writer = registry.schema(schema_id).await?;
                 let datum = &msg[5..];
                 if fingerprint(&writer) == self.current {
-                    self.decode_current(datum)
+                    self.decode_current_ref(datum)
                 } else {
                     resolve(&writer, datum, &format!("registry id {schema_id}"))
+                        .map(RawRecordRef::from)
                 }
             }
-            _ => self.decode_single_object(msg),
+            _ => self.decode_single_object_ref(msg),
         }
     }
 

@@ -329,13 +329,13 @@ impl Worker {
         if a.partition.last_offset().is_some_and(|l| offset <= l) {
             return Ok(()); // Already handled (re-read while resuming).
         }
+        // The record's bytes stay in the message: parsed in place, copied once into a row.
+        // Only the Confluent framing may need the registry (I/O): the other needs no runtime.
         let decoded: Result<RawRecordRef<'_>, String> = if payload.first() == Some(&0) {
             self.rt
-                .block_on(self.decoder.decode(payload))
-                .map(RawRecordRef::from)
+                .block_on(self.decoder.decode_ref(payload))
                 .map_err(|e| e.to_string())
         } else {
-            // The record's bytes stay in the message: parsed in place, copied once into a row.
             self.decoder
                 .decode_single_object_ref(payload)
                 .map_err(|e| e.to_string())
