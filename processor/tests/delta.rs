@@ -209,3 +209,43 @@ async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
     assert_eq!(raws, expected);
     assert_eq!(t.row_count().unwrap(), 6);
 }
+
+#[tokio::test]
+async fn long_text_is_written_in_small_data_pages() {
+    use deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions;
+    use deltalake::parquet::file::metadata::PageIndexPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = dir.path().to_string_lossy().into_owned();
+    let mut t = AuditTable::open_or_create(&uri).await.unwrap();
+    let p0 = app_id("g", "pgaudit.raw.primary", 0);
+    t.commit(
+        vec![to_batch(&rows(6000, 0, 0)).unwrap()],
+        &BTreeMap::from([(p0, 5999)]),
+        None,
+    )
+    .await
+    .unwrap();
+    let files = t.file_uris().unwrap();
+    assert_eq!(files.len(), 1);
+    let path = files[0].strip_prefix("file://").unwrap_or(&files[0]);
+    let b = ParquetRecordBatchReaderBuilder::try_new_with_options(
+        std::fs::File::open(path).unwrap(),
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+    )
+    .unwrap();
+    let meta = b.metadata();
+    let raw = meta
+        .row_group(0)
+        .columns()
+        .iter()
+        .position(|c| c.column_path().string() == "raw")
+        .unwrap();
+    let size = meta.row_group(0).column(raw).uncompressed_size() as usize;
+    assert!(size > 1 << 20, "raw is {size} bytes: too little to tell");
+    let pages = meta.offset_index().unwrap()[0][raw].page_locations().len();
+    // Parquet's default (1 MiB pages) would give 1 or 2 pages here.
+    assert!(
+        pages >= size / (192 << 10),
+        "raw: {size} bytes in {pages} pages, expected pages of at most about 128 KiB"
+    );
+}
