@@ -321,8 +321,6 @@ impl AuditTable {
             .map_err(delta_err(uri, "prepare writer"))?
             .with_writer_properties(writer_properties())
             .with_commit_properties(props);
-        // Their buffers go back to the builders once written (`batch::recycle`).
-        let written = batches.clone();
         for batch in batches {
             // A batch of one `ingest_date` (what `RowBuffer` makes) goes to its partition
             // directly; the generic path would copy every column to split it by date.
@@ -335,13 +333,10 @@ impl AuditTable {
             }
             .map_err(delta_err(uri, "write"))?;
         }
-        let version = writer
+        writer
             .flush_and_commit(table)
             .await
-            .map_err(delta_err(uri, "commit"));
-        drop(writer);
-        batch::recycle(written);
-        version
+            .map_err(delta_err(uri, "commit"))
     }
 
     /// The `pgtrail` metadata of the newest commits, newest first (at most `limit` commits),

@@ -3,8 +3,8 @@
 //! row structs and converted at commit time (that copy of cold rows, and dropping them, was a
 //! quarter of the per-record time, and held every row twice in memory while it was written).
 //!
-//! Owns [`RowBuffer`] and [`to_batch`]; string columns are built in `text` from recycled
-//! buffers. Invariants: batches have exactly [`arrow_schema`]'s
+//! Owns [`RowBuffer`] and [`to_batch`]; string columns are built in `text`. Invariants:
+//! batches have exactly [`arrow_schema`]'s
 //! columns in order, at most [`BATCH_ROWS`] rows and, from a [`RowBuffer`], one `ingest_date`
 //! (the Delta partition); [`RowBuffer::len`] counts every row pushed and not taken;
 //! [`RowBuffer::bytes`] never under-counts what the buffer holds by more than the builders'
@@ -28,7 +28,6 @@ use crate::audit::{AuditRow, Key};
 mod text;
 
 use text::TextColumn;
-pub use text::recycle;
 
 /// Rows per Arrow batch handed to the Parquet writer.
 pub const BATCH_ROWS: usize = 8192;
