@@ -131,8 +131,9 @@ const DELTA_COLUMNS: [&str; 3] = ["event_time", "ingest_ts", "kafka_offset"];
 /// in buffers that grow to its size and are freed when it is written: at 1 MiB they come
 /// fresh from the OS, page by page, and page faults were a sixth of a commit's CPU time. At
 /// 128 KiB the allocator reuses them. Measured with `bench/process-bench`, alternating both
-/// binaries, 3 runs each: system CPU 1.36–1.39 s → 0.95–1.07 s, user CPU 6.6–7.5 s →
-/// 5.5–6.5 s, page faults 212k–238k → 175k–185k. Files come out 0.8 % (csvlog) to 1.0 %
+/// binaries, 3 runs each, on a loaded machine: system CPU 1.36–1.39 s → 0.95–1.07 s, user
+/// CPU 6.6–7.5 s → 5.5–6.5 s, page faults 212k–238k → 175k–185k (on a quiet machine later,
+/// throughput and user CPU were the same within noise). Files come out 0.8 % (csvlog) to 1.0 %
 /// (jsonlog) larger (page headers); readers can skip at a finer grain with the page index.
 const DATA_PAGE_BYTES: usize = 128 << 10;
 

@@ -4,9 +4,9 @@
 //! quarter of the per-record time, and held every row twice in memory while it was written).
 //!
 //! Owns [`RowBuffer`] and [`to_batch`]; string columns are built in `text`. Invariants:
-//! batches have exactly [`arrow_schema`]'s
-//! columns in order, at most [`BATCH_ROWS`] rows and, from a [`RowBuffer`], one `ingest_date`
-//! (the Delta partition); [`RowBuffer::len`] counts every row pushed and not taken;
+//! batches have exactly [`arrow_schema`]'s columns in order, at most [`BATCH_ROWS`] rows
+//! and, from a [`RowBuffer`], one `ingest_date` (the Delta partition); [`RowBuffer::len`]
+//! counts every row pushed and not taken;
 //! [`RowBuffer::bytes`] never under-counts what the buffer holds by more than the builders'
 //! growth slack it already adds. Must not: reorder rows, or talk to Kafka or Delta.
 
@@ -203,10 +203,7 @@ impl Builders {
     }
 
     fn finish(mut self) -> Result<RecordBatch, ArrowError> {
-        let mut text: Vec<ArrayRef> = Vec::with_capacity(TEXT);
-        for column in self.text {
-            text.push(Arc::new(column.finish()?));
-        }
+        let text = self.text.map(|c| Arc::new(c.finish()) as ArrayRef);
         let t = |i: usize| Arc::clone(&text[i]);
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_time.finish()),
@@ -224,7 +221,7 @@ impl Builders {
             Arc::new(extra_map(
                 &self.extra_keys,
                 self.extra_key_bytes,
-                self.extra_values.finish()?,
+                self.extra_values.finish(),
                 std::mem::take(&mut self.extra_offsets),
             )?),
             Arc::new(self.ingest_ts.finish()),
@@ -252,7 +249,7 @@ fn extra_map(
     for k in keys {
         names.append_value(k.as_str())?;
     }
-    let keys = names.finish()?;
+    let keys = names.finish();
     let DataType::Map(entry, ordered) =
         arrow_schema().field_with_name("extra")?.data_type().clone()
     else {

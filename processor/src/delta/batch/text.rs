@@ -53,8 +53,8 @@ impl TextColumn {
     }
 
     /// The column.
-    pub fn finish(mut self) -> Result<StringArray, ArrowError> {
-        Ok(self.builder.finish())
+    pub fn finish(mut self) -> StringArray {
+        self.builder.finish()
     }
 }
 
@@ -69,7 +69,7 @@ mod tests {
         c.append_option(None).unwrap();
         c.append_value("çé").unwrap();
         assert_eq!(c.values_len(), 5);
-        let array = c.finish().unwrap();
+        let array = c.finish();
         assert_eq!(
             array.iter().collect::<Vec<_>>(),
             [Some("a"), None, Some("çé")]
