@@ -4,17 +4,47 @@
 //! Kafka acknowledged the last one.
 //!
 //! Usage: `pgtrail-baseline-producer [--copies N] BROKERS TOPIC FILE...` (csvlog files).
-//! Prints one line: `baseline records=N seconds=S records_per_sec=R`. `--copies N` sends the
+//! Prints one line: `baseline records=N seconds=S records_per_sec=R partitions=P:N,...` (the
+//! acknowledged messages per partition: the shipper keys by session, so a workload of few
+//! sessions fills few partitions). `--copies N` sends the
 //! files' records N times, each copy as another file (file identity `<path>#<k>`), which is
 //! how the processing bench preloads a topic with a million distinct records of real logs.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pgtrail_avro::{Encoder, LogFormat, RecordFields, RecordSource};
+use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+/// Counts acknowledged messages per partition.
+#[derive(Default)]
+struct Counting(Mutex<BTreeMap<i32, u64>>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => {
+                *self
+                    .0
+                    .lock()
+                    .expect("counts")
+                    .entry(m.partition())
+                    .or_default() += 1
+            }
+            Err((e, _)) => eprintln!("delivery failed: {e}"),
+        }
+    }
+}
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,10 +103,10 @@ fn main() {
         topic: Some(topic.clone()),
         ..shipper::Config::default()
     };
-    let producer: ThreadedProducer<DefaultProducerContext> =
+    let producer: ThreadedProducer<Counting> =
         shipper::kafka::producer_config(&shipper::kafka::SinkSettings::from_config(&cfg))
             .expect("producer settings")
-            .create()
+            .create_with_context(Counting::default())
             .expect("producer");
     // Same topic layout as the shipper creates by default.
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -109,9 +139,12 @@ fn main() {
     }
     producer.flush(Duration::from_secs(600)).expect("flush");
     let secs = started.elapsed().as_secs_f64();
+    let partitions = producer.context().0.lock().expect("counts").clone();
+    let spread: Vec<String> = partitions.iter().map(|(p, n)| format!("{p}:{n}")).collect();
     println!(
-        "baseline records={} seconds={secs:.3} records_per_sec={:.0}",
+        "baseline records={} seconds={secs:.3} records_per_sec={:.0} partitions={}",
         messages.len(),
-        messages.len() as f64 / secs
+        messages.len() as f64 / secs,
+        spread.join(",")
     );
 }
