@@ -31,6 +31,10 @@ use crate::error::ProcessorError;
 
 pub use batch::{BATCH_ROWS, RowBuffer, to_batch};
 
+/// A sample row for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) use batch::tests::row as test_row;
+
 /// The Arrow version the tables are written with (for readers such as tests).
 pub use deltalake::arrow;
 
@@ -133,7 +137,8 @@ const DELTA_COLUMNS: [&str; 3] = ["event_time", "ingest_ts", "kafka_offset"];
 /// 128 KiB the allocator reuses them. Measured with `bench/process-bench`, alternating both
 /// binaries, 3 runs each, on a loaded machine: system CPU 1.36–1.39 s → 0.95–1.07 s, user
 /// CPU 6.6–7.5 s → 5.5–6.5 s, page faults 212k–238k → 175k–185k (on a quiet machine later,
-/// throughput and user CPU were the same within noise). Files come out 0.8 % (csvlog) to 1.0 %
+/// throughput and user CPU were the same within noise; all under mimalloc 3, whose blocks
+/// above 512 KiB are pages of their own). Files come out 0.8 % (csvlog) to 1.0 %
 /// (jsonlog) larger (page headers); readers can skip at a finer grain with the page index.
 const DATA_PAGE_BYTES: usize = 128 << 10;
 

@@ -12,7 +12,10 @@
 /// at a time, and purging them out of transparent huge pages and faulting them back in cost
 /// a fifth of the processor's CPU (633k page faults per million records, 9.2 s of CPU; without
 /// THP 194k and 7.4 s). On hosts whose THP mode is `always` (not `madvise`), set
-/// `MIMALLOC_ALLOW_THP=0` for the same effect.
+/// `MIMALLOC_ALLOW_THP=0` for the same effect. mimalloc 2 (feature `v2`), not 3: v3 keeps freed
+/// memory for 1 s before giving it back, v2 for 10 ms; with rows built on a thread of their
+/// own (three threads allocating), v3's peak RSS went past the 512 MB budget (480–523 MiB in
+/// `bench/process-bench`), v2's stayed at 418–492 MiB, for somewhat more page faults.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

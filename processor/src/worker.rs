@@ -10,6 +10,7 @@
 //! not: poll the consumer (the loop in `consumer.rs` does, and rebalance callbacks call in).
 
 mod commit;
+mod rows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -22,7 +23,6 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::delta::RowBuffer;
 use crate::dlq::DeadLetters;
 use crate::error::ProcessorError;
 use crate::parse::ServerFormat;
@@ -62,7 +62,7 @@ fn schema_err(e: deltalake::arrow::error::ArrowError) -> ProcessorError {
 
 struct Assigned {
     partition: Partition,
-    rows: RowBuffer,
+    rows: rows::Rows,
     /// Resuming: the first offset wanted and how far back the next probe seeks. Some brokers
     /// (Tansu 0.6) answer a fetch from inside a record batch with the *next* batch: when the
     /// first message is past the resume offset, the partition is re-read from earlier (further
@@ -105,6 +105,8 @@ pub struct Worker {
     tables: HashMap<String, commit::Table>,
     parts: BTreeMap<(String, i32), Assigned>,
     dlq: DeadLetters,
+    /// Builds the partitions' Arrow batches beside this thread.
+    builder: rows::RowBuilder,
     last_commit: Instant,
     /// A reading of both clocks, renewed every tick: rows' `ingest_ts` is derived from the
     /// message's monotonic time (no wall-clock read per message).
@@ -140,6 +142,7 @@ impl Worker {
             tables: HashMap::default(),
             parts: BTreeMap::new(),
             dlq,
+            builder: rows::RowBuilder::start(),
             last_commit: Instant::now(),
             clock: (Instant::now(), Utc::now()),
             last_activity: Instant::now(),
@@ -188,11 +191,12 @@ impl Worker {
                 step: 1000,
                 reached_start: false,
             });
+            let rows = rows::Rows::new(&topic, p);
             self.parts.insert(
                 (topic, p),
                 Assigned {
                     partition,
-                    rows: RowBuffer::default(),
+                    rows,
                     probe,
                     accepted_gap: None,
                 },
@@ -358,6 +362,7 @@ impl Worker {
             &mut out,
         );
         Self::route(
+            &self.builder,
             a,
             topic,
             out,
@@ -368,7 +373,9 @@ impl Worker {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn route(
+        builder: &rows::RowBuilder,
         a: &mut Assigned,
         topic: &str,
         out: Outputs,
@@ -392,9 +399,7 @@ impl Worker {
                 .inc_by(failures);
         }
         for (row, offset) in out.rows {
-            a.rows
-                .push(&row, now, topic, a.partition.partition, offset)
-                .map_err(schema_err)?;
+            a.rows.push(builder, row, now, offset).map_err(schema_err)?;
         }
         Ok(())
     }
@@ -452,6 +457,7 @@ impl Worker {
             let mut out = Outputs::default();
             release(&mut a.partition, &self.metrics, &mut out);
             Self::route(
+                &self.builder,
                 a,
                 topic,
                 out,

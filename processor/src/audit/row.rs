@@ -139,6 +139,11 @@ pub struct AuditRow {
 }
 
 impl AuditRow {
+    /// Bytes of text the row holds (every string column reads from it).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     fn opt(&self, s: Option<Span>) -> Option<&str> {
         s.map(|s| s.get(&self.text))
     }

@@ -407,7 +407,7 @@ pub fn to_batch<R: std::borrow::Borrow<LakeRow>>(rows: &[R]) -> Result<RecordBat
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::audit::{Source, audit_row};
     use crate::delta::KafkaCoords;
@@ -415,7 +415,8 @@ mod tests {
     use crate::parse::pgaudit::parse_audit;
     use pgtrail_avro::LogFormat;
 
-    fn row(i: i64) -> LakeRow {
+    /// A row of offset `i` (topic `t`, partition 2) with a 100-byte raw text.
+    pub(crate) fn row(i: i64) -> LakeRow {
         let raw = "x".repeat(100);
         let rec = LogRecord {
             log_time: DateTime::from_timestamp(1_795_000_000 + i, 0),

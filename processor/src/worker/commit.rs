@@ -267,7 +267,7 @@ impl Worker {
             if a.rows.is_empty() && Some(checkpoint.version) == a.partition.committed {
                 continue;
             }
-            let batches = a.rows.take().map_err(schema_err)?;
+            let batches = a.rows.take(&self.builder).map_err(schema_err)?;
             commits.push(PartitionCommit {
                 checkpoint,
                 expected: a.partition.committed,
