@@ -11,6 +11,8 @@
 //!   then waits until the thread has built everything queued before;
 //! - chunks are small and the queue is bounded: rows are built while they are still in cache,
 //!   and the consumer waits rather than holding more than `QUEUE_CHUNKS` chunks unbuilt;
+//! - built chunks go back to the consumer thread, which frees their rows (it allocated them)
+//!   and fills the emptied vectors again;
 //! - without the thread (it could not be started) rows are built on the consumer thread.
 //!
 //! Must not: touch anything of a partition but its rows; decide when to commit.
