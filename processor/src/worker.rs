@@ -130,6 +130,11 @@ impl Worker {
         decoder: Decoder,
         dlq: DeadLetters,
     ) -> Worker {
+        let builder = if cfg.row_thread {
+            rows::RowBuilder::start()
+        } else {
+            rows::RowBuilder::inline()
+        };
         Worker {
             servers: ServerCache {
                 cfg: cfg.clone(),
@@ -142,7 +147,7 @@ impl Worker {
             tables: HashMap::default(),
             parts: BTreeMap::new(),
             dlq,
-            builder: rows::RowBuilder::start(),
+            builder,
             last_commit: Instant::now(),
             clock: (Instant::now(), Utc::now()),
             last_activity: Instant::now(),

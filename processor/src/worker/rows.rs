@@ -13,7 +13,8 @@
 //!   and the consumer waits rather than holding more than `QUEUE_CHUNKS` chunks unbuilt;
 //! - built chunks go back to the consumer thread, which frees their rows (it allocated them)
 //!   and fills the emptied vectors again;
-//! - without the thread (it could not be started) rows are built on the consumer thread.
+//! - without the thread (`row_thread = false`, or it could not be started) rows are built on
+//!   the consumer thread.
 //!
 //! Must not: touch anything of a partition but its rows; decide when to commit.
 
@@ -113,7 +114,6 @@ impl RowBuilder {
     }
 
     /// Rows built on the calling thread.
-    #[cfg(test)]
     pub(super) fn inline() -> RowBuilder {
         RowBuilder {
             queue: None,
