@@ -2,7 +2,8 @@
 //! the dead-letter producer; message handling, assignment, revocation and commits.
 //!
 //! Owns [`Worker`]. Runs on the consumer's thread (blocking; Delta operations run on the tokio
-//! runtime through a handle, a table's commit as a task beside parsing: `worker/commit.rs`).
+//! runtime through a handle, a table's commit as a task beside parsing: `worker/commit.rs`;
+//! released rows are appended to Arrow builders on the row thread: `worker/rows.rs`).
 //! Invariants: a partition's rows are committed only with its
 //! checkpoint, in one Delta version, after the dead letters before them were acknowledged;
 //! a revoked partition is committed within the revocation deadline or dropped unwritten, and
