@@ -172,10 +172,10 @@ pub struct Config {
     /// `cooperative-sticky`, `range` or `roundrobin`. Default `cooperative-sticky`.
     pub assignment_strategy: String,
     /// Build the Arrow batches on a thread beside the consumer's. Faster when a core is free
-    /// (`bench/process-bench`: about 5 % in the median of 21 alternating pairs on a busy
-    /// 2-core machine, up to 25 %), for 15–25 % more CPU in all; `false` builds them on the
-    /// consumer thread, the least CPU per record (for pods whose CPU limit is the bottleneck).
-    /// Default true.
+    /// (`bench/process-bench` on 2 cores shared with the broker: 10–27 % while the machine was
+    /// quiet, within noise while it was busy), for 15–25 % more CPU in all; `false` builds
+    /// them on the consumer thread, the least CPU per record (for pods whose CPU limit is the
+    /// bottleneck). Default true.
     pub row_thread: bool,
     /// Exit 0 after every assigned partition was idle this many milliseconds; exit 4 (Kafka)
     /// when no partition was assigned within this + 60 s. Default none (run until SIGTERM).
