@@ -111,7 +111,9 @@ impl Broker {
         self.proxy_addr.to_string()
     }
 
-    /// Creates `topic` with `partitions` partitions (already existing is fine).
+    /// Creates `topic` with `partitions` partitions (already existing is fine). A request
+    /// that gets no answer is sent again, up to four times 15 s: once, in CI, a busy Tansu
+    /// left the first CreateTopics unanswered past librdkafka's 60 s default.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
         let admin: AdminClient<rdkafka::client::DefaultClientContext> =
@@ -124,9 +126,18 @@ impl Broker {
             .build()
             .expect("runtime");
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let results = rt
-            .block_on(admin.create_topics([&new], &AdminOptions::new()))
-            .expect("create topic");
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(15)));
+        let mut attempt = 1;
+        let results = loop {
+            match rt.block_on(admin.create_topics([&new], &opts)) {
+                Ok(results) => break results,
+                Err(e) if attempt < 4 => {
+                    eprintln!("create topic {topic}, attempt {attempt}: {e}; again");
+                    attempt += 1;
+                }
+                Err(e) => panic!("create topic {topic}: {e}"),
+            }
+        };
         for r in results {
             if let Err((name, code)) = r {
                 assert_eq!(
