@@ -15,7 +15,7 @@
 /// `MIMALLOC_ALLOW_THP=0` for the same effect. mimalloc 2 (feature `v2`), not 3: v3 keeps freed
 /// memory for 1 s before giving it back, v2 for 10 ms; with rows built on a thread of their
 /// own (three threads allocating), v3's peak RSS went past the 512 MB budget (480–523 MiB in
-/// `bench/process-bench`), v2's stayed at 418–492 MiB, for somewhat more page faults.
+/// `bench/process-bench`), v2's stayed at 418–496 MiB, for somewhat more page faults.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -19,7 +19,7 @@
 //! Must not: touch anything of a partition but its rows; decide when to commit.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -94,7 +94,7 @@ impl RowBuilder {
     /// Starts the thread; without it (it cannot be started) rows are built inline.
     pub(super) fn start() -> RowBuilder {
         let (tx, rx) = sync_channel::<Job>(QUEUE_CHUNKS);
-        let (back, done) = std::sync::mpsc::channel();
+        let (back, done) = channel();
         let started = std::thread::Builder::new()
             .name("pgtrail-rows".into())
             .spawn(move || serve(rx, back));
@@ -158,7 +158,7 @@ fn stopped() -> ArrowError {
     ArrowError::ComputeError("the row-building thread stopped".into())
 }
 
-fn run(job: Job, back: Option<&std::sync::mpsc::Sender<Vec<Pending>>>) {
+fn run(job: Job, back: Option<&Sender<Vec<Pending>>>) {
     match job {
         Job::Build(shared, rows) => {
             let rows = shared.build(rows);
@@ -173,7 +173,7 @@ fn run(job: Job, back: Option<&std::sync::mpsc::Sender<Vec<Pending>>>) {
 }
 
 /// The thread: builds until the worker (the queue's sender) is gone.
-fn serve(rx: Receiver<Job>, back: std::sync::mpsc::Sender<Vec<Pending>>) {
+fn serve(rx: Receiver<Job>, back: Sender<Vec<Pending>>) {
     while let Ok(job) = rx.recv() {
         run(job, Some(&back));
     }
@@ -279,7 +279,7 @@ impl Rows {
 mod tests {
     use super::*;
     use crate::delta::test_row;
-    use deltalake::arrow::array::{Array, Int64Array};
+    use deltalake::arrow::array::{Array, Int32Array, Int64Array};
 
     fn offsets(batches: &[RecordBatch]) -> Vec<i64> {
         batches
@@ -317,7 +317,7 @@ mod tests {
                 .column_by_name("kafka_partition")
                 .unwrap()
                 .as_any()
-                .downcast_ref::<deltalake::arrow::array::Int32Array>()
+                .downcast_ref::<Int32Array>()
                 .unwrap()
                 .value(0);
             assert_eq!(parts, 0);
