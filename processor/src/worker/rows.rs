@@ -105,10 +105,7 @@ impl RowBuilder {
             },
             Err(e) => {
                 warn!(error = %e, "Cannot start the row-building thread; building rows inline.");
-                RowBuilder {
-                    queue: None,
-                    done: None,
-                }
+                RowBuilder::inline()
             }
         }
     }
