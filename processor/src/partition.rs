@@ -7,8 +7,9 @@
 //! records per partition, and re-ships from its checkpoint), then parse, stderr assembly and
 //! outcome tracking. Invariants:
 //! - the committed offset ([`Partition::safe_offset`]) is below every record still *pending*
-//!   (held for its outcome or waiting for stderr continuation lines), so nothing unwritten is
-//!   ever behind it;
+//!   (an audit entry held for its outcome, an open stderr record waiting for its continuation
+//!   lines), so nothing unwritten is ever behind it; a continuation line attached to an open
+//!   record is handled once read (its output is its record's);
 //! - rows from records after the safe offset may already be written: the checkpoint lists the
 //!   last offset processed and the pending ones, and a replay after a crash emits outputs only
 //!   for records past that last offset or pending then (each record's output exactly once);
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::outcome::{Disposition, OutcomeTracker};
 use crate::audit::{AuditRow, Outcome, Source};
-use crate::parse::stderr::StderrAssembler;
+use crate::parse::stderr::{Pushed, StderrAssembler};
 use crate::parse::{LogRecord, ServerFormat, parse_record};
 use crate::telemetry::Metrics;
 
@@ -306,20 +307,31 @@ impl Partition {
             if let Some(t) = log.log_time {
                 self.stderr_watermark = Some(self.stderr_watermark.map_or(t, |w| w.max(t)));
             }
-            self.add_pending(offset);
             // Held until its auxiliary lines arrived: the record owns its texts.
             let log = log.into_owned();
             let tag = Tag {
                 source,
                 raw: raw.into_owned(),
             };
-            let mut done = self.assembler.push(log, kind, tag);
+            // Only an open record is pending (until it is complete); a line attached to an
+            // open record has no output of its own, so its offset is handled once it is read.
+            let (mut completed, orphan) = match self.assembler.push(log, kind, tag) {
+                Pushed::Opened(previous) => {
+                    self.add_pending(offset);
+                    (previous.into_iter().collect(), None)
+                }
+                Pushed::Attached => (Vec::new(), None),
+                Pushed::Orphan(line) => (Vec::new(), Some(line)),
+            };
             if let Some(w) = self.stderr_watermark {
-                done.extend(self.assembler.finish_before(w - STDERR_SETTLE));
+                completed.extend(self.assembler.finish_before(w - STDERR_SETTLE));
             }
             // Lines of a stderr record span messages: dead letters carry the record's text.
-            for (log, tag) in done {
+            for (log, tag) in completed {
                 self.remove_pending(tag.source.origin);
+                self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
+            }
+            if let Some((log, tag)) = orphan {
                 self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
             }
         } else {
@@ -469,3 +481,6 @@ impl Partition {
             .count() as u64
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

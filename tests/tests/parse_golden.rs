@@ -42,9 +42,9 @@ fn parse_dir(dir: &Path, server: &ServerFormat) -> BTreeMap<LogFormat, Vec<LogRe
             )
         });
         let done = if format == LogFormat::Stderr {
-            assembler.push(rec, kind, ())
+            assembler.push(rec, kind, ()).into_completed()
         } else {
-            vec![(rec, ())]
+            Some((rec, ()))
         };
         out.entry(format)
             .or_default()
@@ -274,11 +274,11 @@ fn audit_rows(dir: &Path, format: LogFormat, server: &ServerFormat) -> Vec<Audit
     for r in &records {
         let (rec, kind) = parse_owned(format, &r.data, server).unwrap();
         let done = if format == LogFormat::Stderr {
-            assembler.push(rec, kind, r)
+            assembler.push(rec, kind, r).into_completed()
         } else {
-            vec![(rec, r)]
+            Some((rec, r))
         };
-        for (rec, origin) in done {
+        if let Some((rec, origin)) = done {
             feed(rec, origin, &mut rows);
         }
     }

@@ -73,17 +73,38 @@ impl<T> Default for StderrAssembler<T> {
     }
 }
 
+/// What became of a line given to [`StderrAssembler::push`].
+#[derive(Debug)]
+pub enum Pushed<T> {
+    /// A primary record, now open until its process's next record (or a flush); the record it
+    /// completed (the process's previous open one), if any.
+    Opened(Option<(LogRecord<'static>, T)>),
+    /// An auxiliary line, attached to its process's open record: it has no output of its own
+    /// and its tag is dropped.
+    Attached,
+    /// An auxiliary line without an open record of its process: emitted on its own, with its
+    /// tag.
+    Orphan((LogRecord<'static>, T)),
+}
+
+impl<T> Pushed<T> {
+    /// The record this push made complete: the one an opened record completed, or an
+    /// orphan line.
+    pub fn into_completed(self) -> Option<(LogRecord<'static>, T)> {
+        match self {
+            Pushed::Opened(previous) => previous,
+            Pushed::Attached => None,
+            Pushed::Orphan(line) => Some(line),
+        }
+    }
+}
+
 impl<T> StderrAssembler<T> {
-    /// Adds a parsed line tagged `tag`; returns the record it completed, if any.
-    pub fn push(
-        &mut self,
-        rec: LogRecord<'static>,
-        kind: LineKind,
-        tag: T,
-    ) -> Vec<(LogRecord<'static>, T)> {
+    /// Adds a parsed line tagged `tag`.
+    pub fn push(&mut self, rec: LogRecord<'static>, kind: LineKind, tag: T) -> Pushed<T> {
         let key = rec.process_id;
         match kind {
-            LineKind::Primary => self.open.insert(key, (rec, tag)).into_iter().collect(),
+            LineKind::Primary => Pushed::Opened(self.open.insert(key, (rec, tag))),
             LineKind::Auxiliary => match self.open.get_mut(&key) {
                 Some((parent, _)) => {
                     let slot = match &*rec.severity {
@@ -99,9 +120,9 @@ impl<T> StderrAssembler<T> {
                         _ => &mut parent.query,
                     };
                     *slot = Some(rec.message);
-                    Vec::new()
+                    Pushed::Attached
                 }
-                None => vec![(rec, tag)],
+                None => Pushed::Orphan((rec, tag)),
             },
         }
     }
@@ -154,11 +175,11 @@ mod tests {
         let mut out = Vec::new();
         for (offset, l) in lines.into_iter().enumerate() {
             let (r, k) = parse_stderr_line(std::str::from_utf8(l).unwrap(), &p).unwrap();
-            out.extend(
-                a.push(r.into_owned(), k, offset)
-                    .into_iter()
-                    .map(|(r, _)| r),
-            );
+            match a.push(r.into_owned(), k, offset) {
+                Pushed::Opened(done) => out.extend(done.map(|(r, _)| r)),
+                Pushed::Attached => {}
+                Pushed::Orphan(_) => panic!("every line here has a parent"),
+            }
         }
         assert_eq!(out.len(), 1);
         assert_eq!(
@@ -173,9 +194,8 @@ mod tests {
         let rest = a.finish();
         assert_eq!((&*rest[0].0.message, rest[0].1), ("next", 3), "its own tag");
         let (stray, k) = parse_stderr_line(std::str::from_utf8(lines[1]).unwrap(), &p).unwrap();
-        assert_eq!(
-            a.push(stray.into_owned(), k, 9)[0].1,
-            9,
+        assert!(
+            matches!(a.push(stray.into_owned(), k, 9), Pushed::Orphan((_, 9))),
             "a parentless DETAIL keeps its tag"
         );
         assert!(parse_stderr_line("no prefix here\n", &p).is_err());
