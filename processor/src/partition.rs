@@ -2,10 +2,8 @@
 //! the exactly-once bookkeeping that goes into each Delta commit.
 //!
 //! Owns [`Partition`] and [`PartitionCheckpoint`]. Per message, in offset order: re-shipped
-//! records are dropped by source coordinates (per file, the highest byte offset already seen
-//! in this partition: the shipper's idempotent producer delivers a prefix of each file's
-//! records per partition, and re-ships from its checkpoint), then parse, stderr assembly and
-//! outcome tracking. Invariants:
+//! records are dropped by source coordinates (`partition/dedup.rs`), then parse, stderr
+//! assembly and outcome tracking. Invariants:
 //! - the committed offset ([`Partition::safe_offset`]) is below every record still *pending*
 //!   (an audit entry held for its outcome, an open stderr record waiting for its continuation
 //!   lines), so nothing unwritten is ever behind it; a continuation line attached to an open
@@ -19,23 +17,23 @@
 //! Must not: do I/O (the caller writes rows and dead letters).
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use foldhash::{HashMap, HashSet};
+use foldhash::HashSet;
 use pgtrail_avro::{LogFormat, RawRecordRef};
 use serde::{Deserialize, Serialize};
+
+mod dedup;
+
+pub use dedup::{DEDUP_FILES, DedupMemory, FileMark, file_key};
 
 use crate::audit::outcome::{Disposition, OutcomeTracker};
 use crate::audit::{AuditRow, Outcome, Source};
 use crate::parse::stderr::{Pushed, StderrAssembler};
 use crate::parse::{LogRecord, ServerFormat, parse_record};
 use crate::telemetry::Metrics;
-
-/// Files remembered per partition for dedup (most recently seen kept).
-const DEDUP_FILES: usize = 512;
 
 /// How far behind the newest stderr log time an open record is considered complete.
 const STDERR_SETTLE: chrono::Duration = chrono::Duration::seconds(2);
@@ -53,8 +51,10 @@ pub struct PartitionCheckpoint {
     pub last: i64,
     /// Offsets in (version, last] whose outputs were not written yet.
     pub pending: Vec<i64>,
-    /// Dedup memory as of `version`: file id → highest byte offset seen.
-    pub files: BTreeMap<String, i64>,
+    /// Dedup memory as of `version`: per file, the highest byte offset seen and when (Kafka
+    /// offset). Checkpoints of older processors hold a map of file → highest offset.
+    #[serde(deserialize_with = "dedup::deserialize_files")]
+    pub files: Vec<FileMark>,
 }
 
 /// A record for the dead-letter topic.
@@ -124,9 +124,7 @@ pub struct Partition {
     pub committed: Option<i64>,
     replay_last: i64,
     replay_pending: HashSet<i64>,
-    dedup_base: HashMap<Arc<str>, i64>,
-    dedup_now: HashMap<Arc<str>, i64>,
-    dedup_log: VecDeque<(i64, Arc<str>, i64)>,
+    dedup: DedupMemory,
     assembler: StderrAssembler<Tag>,
     tracker: OutcomeTracker,
     pending: BTreeMap<i64, u32>,
@@ -155,20 +153,13 @@ impl Partition {
             last: committed.unwrap_or(-1),
             ..PartitionCheckpoint::default()
         });
-        let files: HashMap<Arc<str>, i64> = cp
-            .files
-            .into_iter()
-            .map(|(f, o)| (Arc::from(f), o))
-            .collect();
         Partition {
             topic: topic.to_owned(),
             partition,
             committed,
             replay_last: cp.last,
             replay_pending: cp.pending.into_iter().collect(),
-            dedup_now: files.clone(),
-            dedup_base: files,
-            dedup_log: VecDeque::new(),
+            dedup: DedupMemory::new(cp.files, DEDUP_FILES),
             assembler: StderrAssembler::default(),
             tracker: OutcomeTracker::new(outcome_window),
             pending: BTreeMap::new(),
@@ -251,19 +242,11 @@ impl Partition {
                 return;
             }
         };
-        let file = &rec.source.file_id;
-        // File ids are shared (`Arc`) by the decoder, the map and the log: no copy per record.
-        if self
-            .dedup_now
-            .get(&**file)
-            .is_some_and(|&seen| seen >= rec.offset)
-        {
+        // File ids are shared (`Arc`) by the decoder and the memory: no copy per record.
+        if self.dedup.check(offset, &rec.source.file_id, rec.offset) {
             metrics.skipped("duplicate");
             return;
         }
-        self.dedup_now.insert(Arc::clone(file), rec.offset);
-        self.dedup_log
-            .push_back((offset, Arc::clone(file), rec.offset));
         let format = rec.source.format;
         if !servers.accepts(&rec.source.server, format) {
             metrics.skipped("format_filtered");
@@ -428,26 +411,7 @@ impl Partition {
     /// The checkpoint of a commit at [`Partition::safe_offset`]; advances the dedup memory.
     pub fn checkpoint(&mut self) -> Option<PartitionCheckpoint> {
         let version = self.safe_offset()?;
-        while self
-            .dedup_log
-            .front()
-            .is_some_and(|(o, _, _)| *o <= version)
-        {
-            if let Some((_, file, at)) = self.dedup_log.pop_front() {
-                self.dedup_base.insert(file, at);
-            }
-        }
-        if self.dedup_base.len() > DEDUP_FILES {
-            let mut by_offset: Vec<(i64, Arc<str>)> = self
-                .dedup_base
-                .iter()
-                .map(|(f, o)| (*o, Arc::clone(f)))
-                .collect();
-            by_offset.sort();
-            for (_, f) in by_offset.iter().take(self.dedup_base.len() - DEDUP_FILES) {
-                self.dedup_base.remove(f);
-            }
-        }
+        self.dedup.advance_to(version);
         // Pending now and meant to be written, plus the previous run's pending records this
         // run has not reached yet; a replay emits exactly these within (version, last].
         let current = self.last.unwrap_or(version);
@@ -466,11 +430,7 @@ impl Partition {
             version,
             last,
             pending: pending.into_iter().collect(),
-            files: self
-                .dedup_base
-                .iter()
-                .map(|(f, o)| (f.to_string(), *o))
-                .collect(),
+            files: self.dedup.stored(),
         })
     }
 
