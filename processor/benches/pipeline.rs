@@ -35,7 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct OneServer(ServerFormat);
 
 impl Servers for OneServer {
-    fn format(&mut self, _server: &str) -> Result<&ServerFormat, String> {
+    fn format(&mut self, _server: &str, _: LogFormat) -> Result<&ServerFormat, String> {
         Ok(&self.0)
     }
     fn accepts(&self, _server: &str, _format: LogFormat) -> bool {

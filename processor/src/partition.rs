@@ -107,8 +107,8 @@ struct Tag {
 
 /// The per-server view a partition needs.
 pub trait Servers {
-    /// Parsing settings of a server.
-    fn format(&mut self, server: &str) -> Result<&ServerFormat, String>;
+    /// Parsing settings of a server for a record of `format`.
+    fn format(&mut self, server: &str, format: LogFormat) -> Result<&ServerFormat, String>;
     /// Whether records of `format` from `server` become rows.
     fn accepts(&self, server: &str, format: LogFormat) -> bool;
 }
@@ -261,7 +261,7 @@ impl Partition {
             Err(e) => (String::from_utf8_lossy(&data), Some(e)),
         };
         let parsed = servers
-            .format(&rec.source.server)
+            .format(&rec.source.server, format)
             .and_then(|server| parse_record(format, &raw, invalid, server));
         let (log, kind) = match parsed {
             Ok(p) => p,

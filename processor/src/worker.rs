@@ -34,16 +34,30 @@ use crate::telemetry::Metrics;
 struct ServerCache {
     cfg: Config,
     compiled: foldhash::HashMap<String, Result<ServerFormat, String>>,
+    /// Servers whose stderr prefix's limitations were logged.
+    warned: foldhash::HashSet<String>,
 }
 
 impl Servers for ServerCache {
-    fn format(&mut self, server: &str) -> Result<&ServerFormat, String> {
+    fn format(&mut self, server: &str, format: LogFormat) -> Result<&ServerFormat, String> {
         if !self.compiled.contains_key(server) {
             let f = self.cfg.server_format(server).map_err(|e| e.to_string());
             self.compiled.insert(server.to_owned(), f);
         }
         match self.compiled.get(server) {
-            Some(Ok(f)) => Ok(f),
+            Some(Ok(f)) => {
+                if format == LogFormat::Stderr && !self.warned.contains(server) {
+                    self.warned.insert(server.to_owned());
+                    for limitation in f.prefix.limitations() {
+                        warn!(
+                            server,
+                            limitation,
+                            "This server's log_line_prefix limits what its stderr logs can tell."
+                        );
+                    }
+                }
+                Ok(f)
+            }
             Some(Err(e)) => Err(e.clone()),
             None => Err(format!("server {server}: no settings")),
         }
@@ -140,6 +154,7 @@ impl Worker {
             servers: ServerCache {
                 cfg: cfg.clone(),
                 compiled: HashMap::default(),
+                warned: foldhash::HashSet::default(),
             },
             cfg,
             rt,

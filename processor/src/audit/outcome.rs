@@ -1,6 +1,15 @@
 //! Statement outcomes: pgaudit_analyze's model. An audited statement failed when an ERROR,
 //! FATAL or PANIC record follows it in the same session and virtual transaction.
 //!
+//! Records without a virtual transaction id (stderr logs whose `log_line_prefix` has no `%v`)
+//! are correlated as far as what is logged allows: by session and statement order. A
+//! session's held rows then belong to its current statement (pgaudit's statement id); the next
+//! audited statement decides them SUCCESS; an error decides them FAILURE unless the error's
+//! STATEMENT text is another statement's (then they succeeded, and the error is an unaudited
+//! failure of its own). What cannot be known without `%v`: statements earlier in a transaction
+//! that a later error rolled back are SUCCESS, and an error arriving after its statement left
+//! the outcome window is an unaudited FAILURE row rather than a late outcome.
+//!
 //! Owns [`OutcomeTracker`]: it holds each session's audit rows until their outcome is known
 //! and releases them when (a) an error decides FAILURE, (b) the session moves to another
 //! virtual transaction or disconnects (SUCCESS), or (c) they are older than the outcome window
@@ -46,6 +55,8 @@ struct Session {
     released_vxids: VecDeque<u64>,
     /// Newest log time of the session's records.
     last_seen: Option<DateTime<Utc>>,
+    /// Without virtual transaction ids: the pgaudit statement id of the held rows.
+    held_statement: Option<i64>,
 }
 
 /// Largest buffer a session keeps for its last statement beyond that statement's own size.
@@ -66,6 +77,7 @@ impl Session {
     }
 
     fn release_all(&mut self, out: &mut Vec<AuditRow>) {
+        self.held_statement = None;
         while let Some(row) = self.held.pop_front() {
             self.remember(row.vxid());
             out.push(row);
@@ -150,9 +162,14 @@ impl OutcomeTracker {
             session.last_seen = session.last_seen.max(rec.log_time);
         }
         let tx = rec.vxid.as_deref();
-        let same_tx = |row: &AuditRow| row.vxid().is_some() && row.vxid() == tx;
         // Rows of earlier transactions of this session are decided: no error followed them.
-        while session.held.front().is_some_and(|r| !same_tx(r)) {
+        // Without vxids the unit is the statement, decided below.
+        let same_unit = |row: &AuditRow| match (row.vxid(), tx) {
+            (Some(held), Some(now)) => held == now,
+            (None, None) => true,
+            _ => false,
+        };
+        while session.held.front().is_some_and(|r| !same_unit(r)) {
             if let Some(row) = session.held.pop_front() {
                 session.remember(row.vxid());
                 out.push(row);
@@ -161,6 +178,13 @@ impl OutcomeTracker {
         let disposition = match parse_audit(&rec.message) {
             Some(Err(reason)) => Disposition::Poison(reason),
             Some(Ok(entry)) => {
+                if tx.is_none() {
+                    // The session moved on to another statement: the held one succeeded.
+                    if session.held_statement != Some(entry.statement_id) {
+                        session.release_all(out);
+                    }
+                    session.held_statement = Some(entry.statement_id);
+                }
                 let statement = match &entry.statement {
                     Statement::Text(s) => {
                         session.remember_statement(entry.statement_id, s);
@@ -179,7 +203,16 @@ impl OutcomeTracker {
             }
             None if matches!(&*rec.severity, "ERROR" | "FATAL" | "PANIC") => {
                 let failing = rec.query.as_deref().map(normalize_statement);
+                if tx.is_none() && failing.is_some() {
+                    // Without vxids the error is the held statement's unless it names another.
+                    let known = session.held.iter().any(|r| r.statement().is_some());
+                    let theirs = session.held.iter().any(|r| r.statement() == failing);
+                    if known && !theirs {
+                        session.release_all(out);
+                    }
+                }
                 let mut covered = false;
+                session.held_statement = None;
                 for mut row in session.held.drain(..) {
                     covered |= failing.is_some() && row.statement() == failing;
                     row.result = Outcome::Failure;
@@ -252,200 +285,4 @@ impl OutcomeTracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pgtrail_avro::LogFormat;
-
-    fn rec(
-        t: i64,
-        vxid: &str,
-        severity: &str,
-        message: &str,
-        query: Option<&str>,
-        state: &str,
-    ) -> LogRecord<'static> {
-        LogRecord {
-            log_time: DateTime::from_timestamp(t, 0),
-            session_id: Some("s1".into()),
-            process_id: Some(1),
-            vxid: Some(vxid.to_owned().into()),
-            severity: severity.to_owned().into(),
-            message: message.to_owned().into(),
-            query: query.map(|q| q.to_owned().into()),
-            sql_state: Some(state.to_owned().into()),
-            ..LogRecord::default()
-        }
-    }
-
-    fn src(offset: i64) -> Source {
-        Source {
-            server: "p".into(),
-            host: "h".into(),
-            format: LogFormat::Csvlog,
-            path: "/l".into(),
-            file_id: "f".into(),
-            offset,
-            origin: offset,
-        }
-    }
-
-    #[test]
-    fn error_in_the_same_transaction_fails_every_held_statement() {
-        let mut t = OutcomeTracker::new(std::time::Duration::from_secs(60));
-        let mut out = Vec::new();
-        t.push(
-            &rec(
-                1,
-                "4/1",
-                "LOG",
-                "AUDIT: SESSION,1,1,MISC,BEGIN,,,BEGIN;,<none>",
-                None,
-                "00000",
-            ),
-            &src(0),
-            "",
-            &mut out,
-        );
-        t.push(
-            &rec(
-                1,
-                "4/1",
-                "LOG",
-                "AUDIT: SESSION,2,1,WRITE,UPDATE,,,\"UPDATE a SET b = b / 0\",<none>",
-                None,
-                "00000",
-            ),
-            &src(1),
-            "",
-            &mut out,
-        );
-        assert_eq!(t.held(), 2);
-        let d = t.push(
-            &rec(
-                1,
-                "4/1",
-                "ERROR",
-                "division by zero",
-                Some("UPDATE a SET b = b / 0;"),
-                "22012",
-            ),
-            &src(2),
-            "",
-            &mut out,
-        );
-        assert_eq!(
-            d,
-            Disposition::Skipped,
-            "the failing statement was audited: no extra row"
-        );
-        assert_eq!(out.len(), 2);
-        assert!(
-            out.iter()
-                .all(|r| r.result == Outcome::Failure && r.error_code() == Some("22012"))
-        );
-        // A later statement in another transaction succeeds when the session moves on.
-        t.push(
-            &rec(
-                2,
-                "4/2",
-                "LOG",
-                "AUDIT: SESSION,3,1,READ,SELECT,,,SELECT 1,<none>",
-                None,
-                "00000",
-            ),
-            &src(3),
-            "",
-            &mut out,
-        );
-        t.push(
-            &rec(
-                2,
-                "4/3",
-                "LOG",
-                "AUDIT: SESSION,4,1,READ,SELECT,,,<previously logged>,<none>",
-                None,
-                "00000",
-            ),
-            &src(4),
-            "",
-            &mut out,
-        );
-        assert_eq!(out[2].result, Outcome::Success);
-        let mut rest = Vec::new();
-        t.finish(&mut rest);
-        assert_eq!(
-            rest[0].statement(),
-            None,
-            "statement 4 was never logged with text"
-        );
-    }
-
-    #[test]
-    fn unaudited_failures_late_outcomes_and_the_window() {
-        let mut t = OutcomeTracker::new(std::time::Duration::from_secs(5));
-        let mut out = Vec::new();
-        let d = t.push(
-            &rec(
-                1,
-                "4/9",
-                "ERROR",
-                "syntax error at or near \"SELEC\"",
-                Some("SELEC broken syntax;"),
-                "42601",
-            ),
-            &src(0),
-            "",
-            &mut out,
-        );
-        assert_eq!(d, Disposition::UnauditedFailure);
-        assert_eq!(
-            (
-                &*out[0].audit_class,
-                out[0].extra_get("audit_logged").as_deref()
-            ),
-            ("UNKNOWN", Some("false"))
-        );
-        out.clear();
-        t.push(
-            &rec(
-                10,
-                "4/10",
-                "LOG",
-                "AUDIT: SESSION,5,1,READ,SELECT,,,SELECT pg_sleep(10),<none>",
-                None,
-                "00000",
-            ),
-            &src(1),
-            "",
-            &mut out,
-        );
-        // Another session's records advance log time past the window: released as SUCCESS.
-        let mut other = rec(16, "5/1", "LOG", "connection received", None, "00000");
-        other.session_id = Some("s2".into());
-        t.push(&other, &src(2), "", &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].result, Outcome::Success);
-        let d = t.push(
-            &rec(
-                17,
-                "4/10",
-                "ERROR",
-                "canceling statement",
-                Some("SELECT pg_sleep(10)"),
-                "57014",
-            ),
-            &src(3),
-            "",
-            &mut out,
-        );
-        assert_eq!(d, Disposition::LateOutcome);
-        assert_eq!(out.len(), 1, "a late error adds no row");
-        let d = t.push(
-            &rec(17, "4/11", "LOG", "AUDIT: SESSION,x", None, "00000"),
-            &src(4),
-            "",
-            &mut out,
-        );
-        assert!(matches!(d, Disposition::Poison(_)));
-    }
-}
+mod tests;

@@ -106,6 +106,40 @@ impl Prefix {
         Ok(Prefix { toks, zone })
     }
 
+    /// What records parsed with this prefix cannot carry, and what that costs (for the
+    /// warning logged when a server's stderr logs are first parsed with it).
+    pub fn limitations(&self) -> Vec<&'static str> {
+        let has = |k: char| {
+            self.toks
+                .iter()
+                .any(|t| matches!(t, Tok::Esc { kind, .. } if *kind == k))
+        };
+        let mut out = Vec::new();
+        if !has('v') {
+            out.push(
+                "no %v (virtual transaction id): outcomes are matched by session and statement \
+                 order; a failed statement fails its own audit rows only (not the earlier \
+                 statements of its transaction), and an error arriving after the outcome window \
+                 is an extra unaudited FAILURE row instead of a late outcome",
+            );
+        }
+        if !has('c') && !has('p') {
+            out.push(
+                "no %c or %p: records cannot be told apart by session: outcomes cannot be \
+                 correlated and continuation lines attach to the last open record",
+            );
+        } else if !has('c') {
+            out.push("no %c (session id): sessions are keyed by process id");
+        }
+        if !has('m') && !has('t') && !has('n') {
+            out.push("no %m, %t or %n: rows have no event_time and the outcome window cannot pass");
+        }
+        if !has('e') {
+            out.push("no %e: failures carry no SQLSTATE (error_code is empty)");
+        }
+        out
+    }
+
     /// Matches the prefix at the start of `line`; fills `rec` and returns the byte offset of
     /// the severity word.
     pub fn parse_into<'a>(&self, line: &'a str, rec: &mut LogRecord<'a>) -> Result<usize, String> {
@@ -274,6 +308,24 @@ fn timestamp_len(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn limitations_name_what_a_prefix_cannot_carry() {
+        let full = Prefix::new("%m [%p] %q%c %l %u@%d %r %v %x %e %a: ", None).unwrap();
+        assert!(full.limitations().is_empty());
+        let default = Prefix::new("%m [%p] ", None).unwrap();
+        let l = default.limitations();
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert!(l[0].starts_with("no %v"));
+        assert!(l[1].starts_with("no %c"));
+        assert!(l[2].starts_with("no %e"));
+        let bare = Prefix::new("", None).unwrap();
+        assert!(
+            bare.limitations()
+                .iter()
+                .any(|l| l.starts_with("no %c or %p"))
+        );
+    }
     use super::*;
 
     fn parse<'a>(prefix: &str, line: &'a str) -> (LogRecord<'a>, String) {

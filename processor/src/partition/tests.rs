@@ -13,7 +13,7 @@ use crate::telemetry::Metrics;
 pub(crate) struct OnePrefix(pub ServerFormat);
 
 impl Servers for OnePrefix {
-    fn format(&mut self, _: &str) -> Result<&ServerFormat, String> {
+    fn format(&mut self, _: &str, _: LogFormat) -> Result<&ServerFormat, String> {
         Ok(&self.0)
     }
     fn accepts(&self, _: &str, _: LogFormat) -> bool {
