@@ -444,3 +444,6 @@ impl Partition {
 
 #[cfg(test)]
 pub(crate) mod tests;
+
+#[cfg(test)]
+mod model;

@@ -1,0 +1,421 @@
+//! Model test of [`Partition`]: random PostgreSQL sessions logged in csvlog, jsonlog and stderr
+//! (audited statements, failures with DETAIL and STATEMENT lines, unaudited failures,
+//! multi-line statements), files re-shipped from earlier offsets, and a consumer that commits
+//! at random points, crashes at random points and resumes from its last checkpoint. Every
+//! source record's rows must appear exactly once, with the outcome an undisturbed run gives,
+//! whatever the interleaving; every dead letter at least once.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use pgtrail_avro::LogFormat;
+use proptest::prelude::*;
+
+use super::tests::{OnePrefix, record};
+use super::{Incoming, Outputs, Partition, PartitionCheckpoint};
+use crate::parse::ServerFormat;
+use crate::telemetry::Metrics;
+
+const PREFIX: &str = "%m [%p] %c %l %v %e ";
+
+/// One logged event of a session.
+#[derive(Debug, Clone)]
+enum Event {
+    /// A pgaudit entry (statement id, substatement id, its text or `None`: previously logged).
+    Audit(u32, u32, Option<String>),
+    /// An ERROR with the failing statement's text.
+    Error(String),
+    /// Any other LOG record.
+    Log,
+    /// The session ends.
+    Disconnect,
+    /// Bytes that are no log record (a dead letter).
+    Garbage,
+}
+
+/// A session: what it does, in transactions of statements.
+#[derive(Debug, Clone)]
+struct Session {
+    format: LogFormat,
+    /// Per transaction: statements (audit entries each: 0 = not audited), whether the last
+    /// one fails.
+    transactions: Vec<(Vec<u8>, bool)>,
+    /// Whether garbage follows the session's first record.
+    garbage: bool,
+}
+
+fn session() -> impl Strategy<Value = Session> {
+    (
+        prop::sample::select(LogFormat::ALL.to_vec()),
+        prop::collection::vec(
+            (
+                prop::collection::vec(0u8..3, 1..4),
+                prop::bool::weighted(0.3),
+            ),
+            1..4,
+        ),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(format, transactions, garbage)| Session {
+            format,
+            transactions,
+            garbage,
+        })
+}
+
+/// Session `s`'s events with their virtual transaction ids.
+fn events(s: usize, session: &Session) -> Vec<(Event, String)> {
+    let mut out = vec![(Event::Log, String::new())];
+    if session.garbage {
+        out.push((Event::Garbage, String::new()));
+    }
+    let mut id = 0;
+    for (n, (statements, fails)) in session.transactions.iter().enumerate() {
+        let vxid = format!("{}/{n}", s + 3);
+        for (k, entries) in statements.iter().enumerate() {
+            id += 1;
+            // Every third statement spans lines.
+            let text = if id % 3 == 0 {
+                format!("UPDATE t{s}\n   SET n = {id}")
+            } else {
+                format!("UPDATE t{s} SET n = {id}")
+            };
+            for sub in 1..=u32::from(*entries) {
+                let logged = (sub == 1).then(|| text.clone());
+                out.push((Event::Audit(id, sub, logged), vxid.clone()));
+            }
+            if *fails && k + 1 == statements.len() {
+                out.push((Event::Error(text), vxid.clone()));
+            }
+        }
+    }
+    out.push((Event::Disconnect, String::new()));
+    out
+}
+
+fn csv_quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The records (one per Kafka message) PostgreSQL writes for `event` of session `s`; `n` is
+/// the global event number (its log time) and `line` the session's line counter.
+fn render(
+    s: usize,
+    format: LogFormat,
+    n: usize,
+    line: &mut u32,
+    event: &Event,
+    vxid: &str,
+) -> Vec<String> {
+    let ts = format!(
+        "2026-11-23 09:{:02}:{:02}.{:03} UTC",
+        n / 60_000 % 60,
+        n / 1000 % 60,
+        n % 1000
+    );
+    let pid = 20_000 + s;
+    let sid = format!("6b04031f.{pid:x}");
+    if let Event::Garbage = event {
+        return vec![format!("garbage {n}, no log record\n")];
+    }
+    let (severity, state, message, query) = match event {
+        Event::Audit(id, sub, text) => {
+            let stmt = text
+                .as_deref()
+                .map_or("<previously logged>".to_owned(), csv_quote);
+            let msg =
+                format!("AUDIT: SESSION,{id},{sub},WRITE,UPDATE,TABLE,public.t{s},{stmt},<none>");
+            ("LOG", "00000", msg, None)
+        }
+        Event::Error(text) => (
+            "ERROR",
+            "22012",
+            "division by zero".to_owned(),
+            Some(text.clone()),
+        ),
+        Event::Log => (
+            "LOG",
+            "00000",
+            "connection authorized: user=postgres".to_owned(),
+            None,
+        ),
+        Event::Garbage | Event::Disconnect => (
+            "LOG",
+            "00000",
+            "disconnection: session time: 0:00:01.000 user=postgres".to_owned(),
+            None,
+        ),
+    };
+    *line += 1;
+    match format {
+        LogFormat::Csvlog => vec![format!(
+            "{ts},\"postgres\",\"postgres\",{pid},\"[local]\",{sid},{line},\"UPDATE\",2026-11-23 09:00:00 UTC,{vxid},0,{severity},{state},{},{},,,,,{},,,\"psql\",\"client backend\",,0\n",
+            csv_quote(&message),
+            if query.is_some() {
+                "\"detail here\""
+            } else {
+                ""
+            },
+            query.as_deref().map(csv_quote).unwrap_or_default(),
+        )],
+        LogFormat::Jsonlog => {
+            let mut j = serde_json::json!({
+                "timestamp": ts, "user": "postgres", "dbname": "postgres", "pid": pid,
+                "remote_host": "[local]", "session_id": sid, "line_num": line, "ps": "UPDATE",
+                "session_start": "2026-11-23 09:00:00 UTC", "vxid": vxid, "txid": 0,
+                "error_severity": severity, "state_code": state, "message": message,
+                "application_name": "psql", "backend_type": "client backend", "query_id": 0,
+            });
+            if let Some(q) = &query {
+                j["detail"] = "detail here".into();
+                j["statement"] = q.as_str().into();
+            }
+            vec![format!("{j}\n")]
+        }
+        LogFormat::Stderr => {
+            let prefix = |line: u32| format!("{ts} [{pid}] {sid} {line} {vxid} {state} ");
+            let cont = |s: &str| s.replace('\n', "\n\t");
+            let mut out = vec![format!(
+                "{}{severity}:  {}\n",
+                prefix(*line),
+                cont(&message)
+            )];
+            if let Some(q) = &query {
+                *line += 1;
+                out.push(format!("{}DETAIL:  detail here\n", prefix(*line)));
+                *line += 1;
+                out.push(format!("{}STATEMENT:  {}\n", prefix(*line), cont(q)));
+            }
+            out
+        }
+    }
+}
+
+/// A Kafka message: its file, byte offset and text.
+#[derive(Debug, Clone)]
+struct Message {
+    format: LogFormat,
+    file: String,
+    offset: i64,
+    text: String,
+}
+
+/// What a row says: result, error code, statement.
+type RowFacts = (String, Option<String>, Option<String>);
+
+/// What a run wrote: rows by event id, dead-lettered offsets (as often as sent) and the last
+/// checkpoint.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Written {
+    rows: BTreeMap<String, Vec<RowFacts>>,
+    dead: Vec<i64>,
+    last: Option<PartitionCheckpoint>,
+}
+
+impl Written {
+    fn add(&mut self, out: Outputs) {
+        for (row, _) in out.rows {
+            self.rows
+                .entry(row.event_id().to_owned())
+                .or_default()
+                .push((
+                    row.result.as_str().to_owned(),
+                    row.error_code().map(str::to_owned),
+                    row.statement().map(str::to_owned),
+                ));
+        }
+        self.dead.extend(out.dead.iter().map(|d| d.offset));
+    }
+}
+
+/// A consumer step.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Handle the next `n` messages.
+    Consume(u8),
+    /// Commit what was emitted with the checkpoint.
+    Commit,
+    /// Lose everything since the last commit and resume from its checkpoint.
+    Crash,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (1u8..8).prop_map(Step::Consume),
+        2 => Just(Step::Commit),
+        1 => Just(Step::Crash),
+    ]
+}
+
+fn push(p: &mut Partition, servers: &mut OnePrefix, offset: i64, m: &Message, out: &mut Outputs) {
+    let rec = record(m.format, &m.file, m.offset, &m.text);
+    let msg = Incoming {
+        offset,
+        key: None,
+        payload: m.text.as_bytes(),
+        at: Instant::now(),
+    };
+    p.push(msg, Ok(rec), servers, &Metrics::default(), out);
+}
+
+/// Runs `messages` through a partition that commits, crashes and resumes as `steps` say, then
+/// drains; returns what was committed.
+fn run(messages: &[Message], steps: &[Step]) -> Written {
+    let window = Duration::from_secs(3600);
+    let mut servers = OnePrefix(ServerFormat::new(PREFIX, None).expect("prefix"));
+    let mut committed = Written::default();
+    let mut sent_dead = Vec::new();
+    let mut checkpoint: Option<PartitionCheckpoint> = None;
+    let mut p = Partition::new("t", 0, None, None, window);
+    let mut uncommitted = Outputs::default();
+    let mut next = 0usize;
+    let commit = |p: &mut Partition,
+                  out: &mut Outputs,
+                  committed: &mut Written,
+                  cp: &mut Option<PartitionCheckpoint>| {
+        if let Some(c) = p.checkpoint() {
+            p.committed = Some(c.version);
+            *cp = Some(c);
+            committed.add(std::mem::take(out));
+        }
+    };
+    for s in steps.iter().copied().chain([Step::Consume(u8::MAX); 64]) {
+        match s {
+            Step::Consume(n) => {
+                for _ in 0..n {
+                    let Some(m) = messages.get(next) else { break };
+                    let mut out = Outputs::default();
+                    push(&mut p, &mut servers, next as i64, m, &mut out);
+                    sent_dead.extend(out.dead.iter().map(|d| d.offset));
+                    uncommitted.rows.extend(out.rows);
+                    next += 1;
+                }
+            }
+            Step::Commit => commit(&mut p, &mut uncommitted, &mut committed, &mut checkpoint),
+            Step::Crash => {
+                uncommitted = Outputs::default();
+                let version = checkpoint.as_ref().map(|c| c.version);
+                p = Partition::new("t", 0, version, checkpoint.clone(), window);
+                next = p.resume_offset() as usize;
+            }
+        }
+    }
+    let mut out = Outputs::default();
+    p.finish(&Metrics::default(), &mut out);
+    uncommitted.rows.extend(out.rows);
+    commit(&mut p, &mut uncommitted, &mut committed, &mut checkpoint);
+    committed.dead = sent_dead;
+    committed.last = checkpoint;
+    committed
+}
+
+/// The Kafka messages of `sessions`, interleaved by `order`, with the re-ships `reships`
+/// (at message index, of file, from its record number) inserted.
+fn messages(
+    sessions: &[Session],
+    order: &[usize],
+    reships: &[(usize, usize, usize)],
+) -> (Vec<Message>, Vec<Message>) {
+    let mut queues: Vec<std::vec::IntoIter<(Event, String)>> = sessions
+        .iter()
+        .enumerate()
+        .map(|(s, x)| events(s, x).into_iter())
+        .collect();
+    let mut lines = vec![0u32; sessions.len()];
+    let mut bytes: BTreeMap<LogFormat, i64> = BTreeMap::new();
+    let mut files: BTreeMap<LogFormat, Vec<Message>> = BTreeMap::new();
+    let mut plain = Vec::new();
+    let mut n = 0;
+    let picks = order.iter().copied().chain(0..);
+    for pick in picks {
+        let live: Vec<usize> = (0..queues.len()).filter(|i| queues[*i].len() > 0).collect();
+        let Some(&s) = live.get(pick % live.len().max(1)) else {
+            break;
+        };
+        let Some((event, vxid)) = queues[s].next() else {
+            continue;
+        };
+        let format = sessions[s].format;
+        for text in render(s, format, n, &mut lines[s], &event, &vxid) {
+            let at = bytes.entry(format).or_default();
+            let m = Message {
+                format,
+                file: format!("file-{format}"),
+                offset: *at,
+                text,
+            };
+            *at += m.text.len() as i64;
+            files.entry(format).or_default().push(m.clone());
+            plain.push(m);
+        }
+        n += 1;
+    }
+    // Re-ships: from a record of a file up to what was shipped of it by then.
+    let mut with = plain.clone();
+    // Inserted from the last position back, so positions in `plain` stay positions in `with`.
+    let mut reships: Vec<(usize, usize, usize)> = reships
+        .iter()
+        .map(|&(at, file, from)| (at % (plain.len() + 1), file, from))
+        .collect();
+    reships.sort();
+    for &(at, file, from) in reships.iter().rev() {
+        let formats: Vec<LogFormat> = files.keys().copied().collect();
+        let Some(format) = formats.get(file % formats.len().max(1)) else {
+            continue;
+        };
+        let shipped: Vec<Message> = plain[..at]
+            .iter()
+            .filter(|m| m.format == *format)
+            .cloned()
+            .collect();
+        if shipped.is_empty() {
+            continue;
+        }
+        let from = from % shipped.len();
+        for (i, m) in shipped[from..].iter().enumerate() {
+            with.insert(at + i, m.clone());
+        }
+    }
+    (plain, with)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_record_once_whatever_the_crashes(
+        sessions in prop::collection::vec(session(), 1..4),
+        order in prop::collection::vec(0usize..4, 0..120),
+        reships in prop::collection::vec((0usize..400, 0usize..3, 0usize..50), 0..3),
+        steps in prop::collection::vec(step(), 0..80),
+    ) {
+        let (plain, with_reships) = messages(&sessions, &order, &reships);
+        let undisturbed = run(&plain, &[]);
+        let garbage: Vec<i64> = plain
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.text.starts_with("garbage"))
+            .map(|(i, _)| i as i64)
+            .collect();
+        prop_assert_eq!(&undisturbed.dead, &garbage);
+        let reshipped = run(&with_reships, &[]);
+        prop_assert_eq!(&reshipped.rows, &undisturbed.rows, "re-shipped records are dropped");
+        let crashed = run(&with_reships, &steps);
+        prop_assert_eq!(&crashed.rows, &undisturbed.rows, "crashes and resumes change nothing");
+        // Dead letters at least once; after the drain the position is the last offset.
+        let mut dead = crashed.dead.clone();
+        dead.sort_unstable();
+        dead.dedup();
+        let garbage: Vec<i64> = with_reships
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.text.starts_with("garbage"))
+            .map(|(i, _)| i as i64)
+            .collect();
+        // Re-shipped garbage is a duplicate: dead-lettered once, at its first offset.
+        prop_assert!(dead.iter().all(|d| garbage.contains(d)), "{:?} {:?}", dead, garbage);
+        prop_assert_eq!(dead.len(), undisturbed.dead.len());
+        let last = crashed.last.expect("a checkpoint");
+        prop_assert_eq!((last.version, last.last, last.pending.len()), (with_reships.len() as i64 - 1, with_reships.len() as i64 - 1, 0));
+    }
+}
