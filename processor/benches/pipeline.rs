@@ -89,7 +89,8 @@ fn pipeline_into(
     sink: &mut dyn FnMut(RecordBatch),
 ) -> usize {
     const TOPIC: &str = "pgaudit.raw.bench";
-    let mut part = Partition::new(TOPIC, 0, None, None, Duration::from_secs(60));
+    let tp = processor::topic_partition::TopicPartition::new(TOPIC, 0);
+    let mut part = Partition::new(tp, None, None, Duration::from_secs(60));
     let mut written = 0;
     let now = Utc::now();
     let mut flush = |rows: &mut RowBuffer, force: bool| {

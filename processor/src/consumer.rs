@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::error::ProcessorError;
+use crate::failpoint::Failpoints;
 use crate::telemetry::{Metrics, PartitionLabel, ReasonLabel};
 use crate::worker::{Totals, Worker};
 
@@ -210,6 +211,17 @@ fn ensure_with(
     Ok(())
 }
 
+/// Makes the seeks the worker asked for.
+fn seek(consumer: &BaseConsumer<Ctx>, w: &mut Worker) -> Result<(), ProcessorError> {
+    for (tp, offset) in std::mem::take(&mut w.seeks) {
+        let to = rdkafka::Offset::Offset(offset);
+        if let Err(e) = consumer.seek(&tp.topic, tp.partition, to, Duration::from_secs(10)) {
+            return Err(kafka(&format!("seek {tp}"), e));
+        }
+    }
+    Ok(())
+}
+
 /// Consumes until cancelled (or idle, with `exit_when_idle_ms`). Blocking: call from a thread
 /// outside the runtime `rt` belongs to (e.g. `spawn_blocking`).
 pub fn run(
@@ -227,12 +239,14 @@ pub fn run(
             reason: format!("registry_url: {e}"),
         })?;
     let dlq = DeadLetters::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.kafka)?;
+    let failpoints = Failpoints::from_env().map_err(|reason| ProcessorError::Config { reason })?;
     let worker = Worker::new(
         cfg.clone(),
         rt.clone(),
         metrics.clone(),
         Decoder::new(registry),
         dlq,
+        std::sync::Arc::new(failpoints),
     );
     let ctx = Ctx {
         worker: Mutex::new(worker),
@@ -297,12 +311,7 @@ pub fn run(
                     m.payload().unwrap_or(&[]),
                     now,
                 )?;
-                for (topic, p, offset) in std::mem::take(&mut w.seeks) {
-                    let to = rdkafka::Offset::Offset(offset);
-                    if let Err(e) = consumer.seek(&topic, p, to, Duration::from_secs(10)) {
-                        return Err(kafka(&format!("seek {topic}/{p}"), e));
-                    }
-                }
+                seek(&consumer, &mut w)?;
             }
             Some(Err(e)) => warn!(error = %e, "Consumer error."),
             None => {}
@@ -319,6 +328,7 @@ pub fn run(
             return Err(e);
         }
         w.tick(&consumer)?;
+        seek(&consumer, &mut w)?;
         ever_assigned |= w.assigned() > 0;
         if last_progress.0.elapsed() >= PROGRESS_EVERY {
             let (t, before) = (&w.totals, &last_progress.1);

@@ -4,8 +4,10 @@
 //! Owns [`arrow_schema`] (the standard audit schema, columns in their fixed order, `ingest_date`
 //! the partition column), [`LakeRow`] and [`AuditTable`]; rows become Arrow batches in `batch`.
 //! Invariants: a commit and the Kafka offsets it covers are one atomic Delta version (the `txn`
-//! actions are in the same commit as the data files); [`AuditTable::txn_version`] is the only
-//! source of truth for where a partition resumes. Must not: talk to Kafka.
+//! actions are in the same commit as the data files); a commit is one attempt at the version
+//! after the snapshot it was prepared on; [`AuditTable::txn_version`] is the only source of
+//! truth for where a partition resumes. Must not: talk to Kafka, or retry a commit (the
+//! committer decides whether one that failed may have landed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,11 +18,13 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::scalars::ScalarExt;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{StructType, Transaction};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::parquet::basic::{Compression, Encoding};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
@@ -113,11 +117,6 @@ pub fn arrow_schema() -> SchemaRef {
         Field::new("kafka_partition", DataType::Int32, true),
         Field::new("kafka_offset", DataType::Int64, true),
     ]))
-}
-
-/// The `txn` application id of a consumer group's topic-partition.
-pub fn app_id(group: &str, topic: &str, partition: i32) -> String {
-    format!("pgtrail-{group}-{topic}-{partition}")
 }
 
 /// Columns of long, mostly unique text: no dictionary (it never pays off and interning every
@@ -302,47 +301,106 @@ impl AuditTable {
             .map_err(delta_err(uri, "refresh"))
     }
 
-    /// Writes `batches` and the `txns` (app id → last offset covered) as one Delta version,
-    /// with `metadata` (the processor's checkpoint) in its commit info under `pgtrail`. The
-    /// commit is attempted once: a conflict is returned to the caller, who re-checks
-    /// ownership before trying again.
-    pub async fn commit(
+    /// Writes `batches` as Parquet data files under the table; their `add` actions. The files
+    /// are not part of the table until a commit adds them (a file no commit adds is removed
+    /// by `VACUUM`).
+    pub async fn upload(&self, batches: &[RecordBatch]) -> Result<Vec<Action>, ProcessorError> {
+        let mut writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(delta_err(&self.uri, "prepare writer"))?
+            .with_writer_properties(writer_properties());
+        for batch in batches {
+            // A batch of one `ingest_date` (what `RowBuffer` makes) goes to its partition
+            // directly; the generic path would copy every column to split it by date.
+            match single_partition(batch) {
+                Some(values) => writer
+                    .write_partition(batch.clone(), &values, WriteMode::Default)
+                    .await
+                    .map(drop),
+                None => writer.write(batch.clone()).await,
+            }
+            .map_err(delta_err(&self.uri, "write"))?;
+        }
+        let adds = writer
+            .flush()
+            .await
+            .map_err(delta_err(&self.uri, "upload"))?;
+        Ok(adds.into_iter().map(Action::Add).collect())
+    }
+
+    /// Commits `adds` with the `txns` (app id → version) and `metadata` (under `pgtrail` in
+    /// the commit info) as the version after this table's snapshot: one attempt, which fails
+    /// when any other commit came first (the caller re-checks what it expects of the table
+    /// and tries again). Delta checkpoints and log cleanup are not run here (see
+    /// [`AuditTable::maintain`]). Returns the version; once the log entry is written the
+    /// commit is reported landed even if reading the new snapshot fails.
+    pub async fn commit_log(
         &mut self,
-        batches: Vec<RecordBatch>,
+        adds: Vec<Action>,
         txns: &BTreeMap<String, i64>,
-        metadata: Option<serde_json::Value>,
+        metadata: serde_json::Value,
     ) -> Result<u64, ProcessorError> {
-        let mut props = CommitProperties::default()
+        let props = CommitProperties::default()
             .with_max_retries(0)
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false))
             .with_application_transactions(
                 txns.iter()
                     .map(|(id, v)| Transaction::new(id, *v))
                     .collect(),
-            );
-        if let Some(m) = metadata {
-            props = props.with_metadata([(METADATA_KEY.to_owned(), m)]);
-        }
+            )
+            .with_metadata([(METADATA_KEY.to_owned(), metadata)]);
         let AuditTable { uri, table } = self;
-        let mut writer = RecordBatchWriter::for_table(table)
-            .map_err(delta_err(uri, "prepare writer"))?
-            .with_writer_properties(writer_properties())
-            .with_commit_properties(props);
-        for batch in batches {
-            // A batch of one `ingest_date` (what `RowBuffer` makes) goes to its partition
-            // directly; the generic path would copy every column to split it by date.
-            match single_partition(&batch) {
-                Some(values) => writer
-                    .write_partition(batch, &values, WriteMode::Default)
-                    .await
-                    .map(drop),
-                None => writer.write(batch).await,
-            }
-            .map_err(delta_err(uri, "write"))?;
-        }
-        writer
-            .flush_and_commit(table)
+        let snapshot = table.snapshot().map_err(delta_err(uri, "read snapshot"))?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
+            predicate: None,
+        };
+        let prepared = CommitBuilder::from(props)
+            .with_actions(adds)
+            .build(Some(snapshot), table.log_store(), operation)
+            .into_prepared_commit_future()
             .await
-            .map_err(delta_err(uri, "commit"))
+            .map_err(delta_err(uri, "prepare commit"))?;
+        let landed = prepared.await.map_err(delta_err(uri, "commit"))?;
+        let version = landed.version;
+        match landed.await {
+            Ok(finalized) => table.state = Some(finalized.snapshot()),
+            Err(e) => {
+                tracing::warn!(table = %uri, version, error = %e, "Committed; reading the new snapshot failed (read again on next use).");
+            }
+        }
+        Ok(version)
+    }
+
+    /// Table maintenance after a commit: a Delta checkpoint when the version is a multiple
+    /// of the table's `delta.checkpointInterval`, then expired log cleanup when the table
+    /// allows it. Never part of a commit's outcome.
+    pub async fn maintain(&mut self, version: u64) -> Result<bool, ProcessorError> {
+        let AuditTable { uri, table } = self;
+        let config = table
+            .snapshot()
+            .map_err(delta_err(uri, "read snapshot"))?
+            .table_config();
+        let interval = config.checkpoint_interval().get();
+        let cleanup = config.enable_expired_log_cleanup();
+        if version == 0 || !version.is_multiple_of(interval) {
+            return Ok(false);
+        }
+        deltalake::checkpoints::create_checkpoint(table, None)
+            .await
+            .map_err(delta_err(uri, "create checkpoint"))?;
+        if cleanup {
+            deltalake::checkpoints::cleanup_metadata(table, None)
+                .await
+                .map_err(delta_err(uri, "clean up log"))?;
+        }
+        Ok(true)
+    }
+
+    /// The table's object store, rooted at the table.
+    pub fn object_store(&self) -> std::sync::Arc<dyn deltalake::ObjectStore> {
+        self.table.object_store()
     }
 
     /// The `pgtrail` metadata of the newest commits, newest first (at most `limit` commits),

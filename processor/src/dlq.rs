@@ -83,7 +83,7 @@ impl DeadLetters {
 
     /// Sends one dead letter (asynchronously; see [`DeadLetters::flush`]).
     pub fn send(&mut self, d: &DeadLetter, metrics: &Metrics) -> Result<(), ProcessorError> {
-        let partition = d.partition.to_string();
+        let partition = d.tp.partition.to_string();
         let offset = d.offset.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
@@ -96,7 +96,7 @@ impl DeadLetters {
             })
             .insert(Header {
                 key: "pgtrail.source.topic",
-                value: Some(d.topic.as_str()),
+                value: Some(&*d.tp.topic),
             })
             .insert(Header {
                 key: "pgtrail.source.partition",
@@ -139,8 +139,8 @@ impl DeadLetters {
             })
             .inc();
         tracing::warn!(
-            topic = d.topic,
-            partition = d.partition,
+            topic = &*d.tp.topic,
+            partition = d.tp.partition,
             offset = d.offset,
             kind = d.kind,
             reason = d.reason,

@@ -1,8 +1,14 @@
 //! Errors of the processor, each with its context and class.
 //!
 //! Owns [`ProcessorError`]. Parse and decode failures are poison (dead-letter the record with
-//! the reason and its Kafka coordinates); Delta conflicts and I/O are retryable; configuration
-//! and broken invariants are fatal. Must not: carry secrets (storage credentials).
+//! the reason and its Kafka coordinates); Delta conflicts, lake and registry I/O are retryable
+//! (waited for, never turned into dead letters or skipped offsets); configuration, broken
+//! invariants and a topic that no longer holds what the table says was read are fatal. Exit
+//! codes: 1 other, 2 configuration, 3 internal error (a bug), 4 Kafka, 5 Delta or its state,
+//! 6 topic recreated or truncated. Must not: carry secrets (storage credentials) or record
+//! contents (statements).
+
+use crate::topic_partition::TopicPartition;
 
 pub use pgtrail_avro::ErrorClass;
 
@@ -23,13 +29,12 @@ pub enum ProcessorError {
         /// Why.
         reason: String,
     },
-    /// A message value that is not a pgtrail envelope.
-    #[error("message at {topic}/{partition}@{offset} cannot be decoded: {source}")]
+    /// A message value that cannot be decoded: poison (not a pgtrail envelope), retryable
+    /// (the Schema Registry is unreachable) or fatal (registry-framed without a registry).
+    #[error("message at {tp}@{offset} cannot be decoded: {source}")]
     Decode {
-        /// Kafka topic.
-        topic: String,
-        /// Kafka partition.
-        partition: i32,
+        /// Kafka topic-partition.
+        tp: TopicPartition,
         /// Kafka offset.
         offset: i64,
         /// The decoder's error.
@@ -45,6 +50,37 @@ pub enum ProcessorError {
         /// deltalake's error (boxed: it is large).
         source: Box<deltalake::DeltaTableError>,
     },
+    /// The exactly-once state of a table cannot be used.
+    #[error("delta table {table}: exactly-once state: {reason}")]
+    State {
+        /// Table URI.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing a state object failed.
+    #[error("delta table {table}: {what}: {source}")]
+    StateIo {
+        /// Table URI.
+        table: String,
+        /// What was attempted.
+        what: String,
+        /// The object store's error.
+        source: Box<deltalake::ObjectStoreError>,
+    },
+    /// The topic no longer holds the offsets the table says were read: it was recreated or
+    /// truncated. Going on would skip or re-read records silently.
+    #[error(
+        "{tp}: the table holds offsets up to {position} but the topic ends at {high_watermark} (recreated or truncated); refusing to skip or re-read records"
+    )]
+    TopicReset {
+        /// The topic-partition.
+        tp: TopicPartition,
+        /// The next offset the table expects.
+        position: i64,
+        /// The topic's high watermark.
+        high_watermark: i64,
+    },
     /// Kafka client setup or a Kafka operation that must not fail (dead letters).
     #[error("kafka: {what}: {reason}")]
     Kafka {
@@ -59,12 +95,22 @@ pub enum ProcessorError {
         /// What is wrong.
         reason: String,
     },
+    /// A broken invariant or a failed internal task: a bug, not the operator's doing.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What broke.
+        reason: String,
+    },
+    /// A failure injected by a test (`failpoint.rs`).
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 impl ProcessorError {
     /// How the caller must treat this error.
     pub fn class(&self) -> ErrorClass {
         use deltalake::DeltaTableError as D;
+        use deltalake::ObjectStoreError as O;
         match self {
             ProcessorError::Parse { .. } => ErrorClass::Poison,
             ProcessorError::Decode { source, .. } => source.class(),
@@ -75,17 +121,41 @@ impl ProcessorError {
                 | D::Io { .. } => ErrorClass::Retryable,
                 _ => ErrorClass::Fatal,
             },
-            ProcessorError::Config { .. } | ProcessorError::Kafka { .. } => ErrorClass::Fatal,
+            ProcessorError::StateIo { source, .. } => match source.as_ref() {
+                O::NotFound { .. }
+                | O::AlreadyExists { .. }
+                | O::Precondition { .. }
+                | O::NotSupported { .. }
+                | O::PermissionDenied { .. }
+                | O::Unauthenticated { .. }
+                | O::InvalidPath { .. } => ErrorClass::Fatal,
+                _ => ErrorClass::Retryable,
+            },
+            ProcessorError::Injected(_) => ErrorClass::Retryable,
+            ProcessorError::State { .. }
+            | ProcessorError::TopicReset { .. }
+            | ProcessorError::Config { .. }
+            | ProcessorError::Kafka { .. }
+            | ProcessorError::Internal { .. } => ErrorClass::Fatal,
         }
     }
 
-    /// The process exit code for this error: 2 configuration, 4 Kafka, 5 Delta, 1 other.
+    /// The process exit code for this error (see the module documentation).
     pub fn exit_code(&self) -> u8 {
         match self {
             ProcessorError::Config { .. } => 2,
-            ProcessorError::Kafka { .. } | ProcessorError::Decode { .. } => 4,
-            ProcessorError::Delta { .. } => 5,
-            ProcessorError::Parse { .. } => 1,
+            ProcessorError::Decode { source, .. } => match source {
+                pgtrail_avro::AvroError::NoRegistry { .. }
+                | pgtrail_avro::AvroError::Registry { .. } => 2,
+                _ => 4,
+            },
+            ProcessorError::Internal { .. } => 3,
+            ProcessorError::Kafka { .. } => 4,
+            ProcessorError::Delta { .. }
+            | ProcessorError::State { .. }
+            | ProcessorError::StateIo { .. } => 5,
+            ProcessorError::TopicReset { .. } => 6,
+            ProcessorError::Parse { .. } | ProcessorError::Injected(_) => 1,
         }
     }
 }

@@ -4,21 +4,26 @@
 //! Layers, bottom up: `parse` (csvlog, jsonlog and stderr records into one
 //! [`parse::LogRecord`] shape, pgaudit entries), `audit` (rows of the standard audit schema,
 //! statement outcomes), `partition` (one Kafka partition: dedup of re-shipped records, the
-//! exactly-once checkpoint), `delta` and `sink` (the table, fenced commits), `worker` and
-//! `consumer` (Kafka, rebalances, flushing), `status` (what the tables hold). `config` and
-//! `telemetry` serve the binary. Must not: depend on the shipper.
+//! exactly-once checkpoint), `delta` (the table), `state` (partitions' stored state) and
+//! `committer` (resume points, fenced commits that land exactly once), `worker` and
+//! `consumer` (Kafka, rebalances, flushing), `status` (what the tables hold). `config`,
+//! `telemetry` and `failpoint` serve the binary and its tests. Must not: depend on the
+//! shipper.
 
 pub mod audit;
+pub mod committer;
 pub mod config;
 pub mod consumer;
 pub mod delta;
 pub mod dlq;
 pub mod error;
+pub mod failpoint;
 pub mod parse;
 pub mod partition;
-pub mod sink;
+pub mod state;
 pub mod status;
 pub mod telemetry;
+pub mod topic_partition;
 pub mod worker;
 
 pub use config::{Cli, Config};

@@ -34,17 +34,17 @@ use crate::audit::{AuditRow, Outcome, Source};
 use crate::parse::stderr::{Pushed, StderrAssembler};
 use crate::parse::{LogRecord, ServerFormat, parse_record};
 use crate::telemetry::Metrics;
+use crate::topic_partition::TopicPartition;
 
 /// How far behind the newest stderr log time an open record is considered complete.
 const STDERR_SETTLE: chrono::Duration = chrono::Duration::seconds(2);
 
-/// What a partition's last commit recorded (stored in the Delta commit's metadata).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a partition's commit records (in its state object, `state.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionCheckpoint {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
+    /// The partition (stored as `topic` and `partition`).
+    #[serde(flatten)]
+    pub tp: TopicPartition,
     /// The `txn` version: every record up to here is fully handled.
     pub version: i64,
     /// Last offset processed when committing (≥ version).
@@ -60,10 +60,8 @@ pub struct PartitionCheckpoint {
 /// A record for the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
-    /// Topic of the record.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
+    /// Topic-partition of the record.
+    pub tp: TopicPartition,
     /// Offset.
     pub offset: i64,
     /// `decode`, `parse` or `audit`.
@@ -115,10 +113,8 @@ pub trait Servers {
 
 /// State of one assigned topic-partition.
 pub struct Partition {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
+    /// The partition.
+    pub tp: TopicPartition,
     /// The `txn` version this instance last read or committed (fencing: another value in the
     /// table means another instance wrote this partition).
     pub committed: Option<i64>,
@@ -142,20 +138,20 @@ const RELEASED_KEPT: usize = 256;
 impl Partition {
     /// A partition resuming from `checkpoint` (or from the start when `None`).
     pub fn new(
-        topic: &str,
-        partition: i32,
+        tp: TopicPartition,
         committed: Option<i64>,
         checkpoint: Option<PartitionCheckpoint>,
         outcome_window: Duration,
     ) -> Partition {
         let cp = checkpoint.unwrap_or_else(|| PartitionCheckpoint {
+            tp: tp.clone(),
             version: committed.unwrap_or(-1),
             last: committed.unwrap_or(-1),
-            ..PartitionCheckpoint::default()
+            pending: Vec::new(),
+            files: Vec::new(),
         });
         Partition {
-            topic: topic.to_owned(),
-            partition,
+            tp,
             committed,
             replay_last: cp.last,
             replay_pending: cp.pending.into_iter().collect(),
@@ -225,8 +221,7 @@ impl Partition {
         self.last = Some(offset);
         self.last_activity = at;
         let dead = |kind: &'static str, reason: String| DeadLetter {
-            topic: self.topic.clone(),
-            partition: self.partition,
+            tp: self.tp.clone(),
             offset,
             kind,
             reason,
@@ -343,8 +338,7 @@ impl Partition {
             Disposition::Held | Disposition::UnauditedFailure => self.add_pending(offset),
             Disposition::Poison(reason) if self.emits(offset) => {
                 out.dead.push(DeadLetter {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
+                    tp: self.tp.clone(),
                     offset,
                     kind: "audit",
                     reason,
@@ -425,8 +419,7 @@ impl Partition {
         pending.extend(self.replay_pending.iter().filter(|o| **o > current));
         pending.retain(|o| *o > version && *o <= last);
         Some(PartitionCheckpoint {
-            topic: self.topic.clone(),
-            partition: self.partition,
+            tp: self.tp.clone(),
             version,
             last,
             pending: pending.into_iter().collect(),

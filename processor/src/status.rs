@@ -15,9 +15,10 @@ use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Serialize;
 
-use crate::delta::{AuditTable, app_id};
+use crate::delta::AuditTable;
 use crate::error::ProcessorError;
-use crate::partition::PartitionCheckpoint;
+use crate::state::offset_app_id;
+use crate::topic_partition::TopicPartition;
 
 /// One table's state.
 #[derive(Debug, Clone, Serialize)]
@@ -127,24 +128,26 @@ pub async fn table_status(uri: &str, summary: bool) -> Result<Option<TableStatus
         return Ok(None);
     };
     let mut offsets = BTreeMap::new();
+    // The commit info names the partitions (group, topic, partition); the `txn` version is the
+    // truth of where each is.
     for (_, meta) in table.recent_metadata(2000).await? {
         let group = meta.get("group").and_then(|g| g.as_str()).unwrap_or("");
         let Some(parts) = meta.get("partitions").and_then(|p| p.as_array()) else {
             continue;
         };
         for p in parts {
-            let Ok(cp) = serde_json::from_value::<PartitionCheckpoint>(p.clone()) else {
+            let (Some(topic), Some(partition)) = (
+                p.get("topic").and_then(|t| t.as_str()),
+                p.get("partition").and_then(|n| n.as_i64()),
+            ) else {
                 continue;
             };
-            let key = format!("{group}/{}/{}", cp.topic, cp.partition);
+            let tp = TopicPartition::new(topic, i32::try_from(partition).unwrap_or(-1));
+            let key = format!("{group}/{tp}");
             if offsets.contains_key(&key) {
                 continue;
             }
-            // The txn version is the truth; the checkpoint only names the partition.
-            if let Some(v) = table
-                .txn_version(&app_id(group, &cp.topic, cp.partition))
-                .await?
-            {
+            if let Some(v) = table.txn_version(&offset_app_id(group, &tp)).await? {
                 offsets.insert(key, v);
             }
         }

@@ -84,8 +84,12 @@ pub struct Metrics {
     pub partitions_assigned: Gauge,
     /// Rebalance events, by kind (`assign`, `revoke`, `lost`).
     pub rebalances: Family<ReasonLabel, Counter>,
-    /// Partitions whose state was dropped because another instance wrote them.
+    /// Partitions another instance committed since this one read or wrote them: left out of
+    /// a commit and read again from the table.
     pub partitions_fenced: Counter,
+    /// Table maintenance after commits (Delta checkpoint, log cleanup, deleting superseded
+    /// state objects) that failed; the commits stand.
+    pub maintenance_errors: Family<TableLabel, Counter>,
     /// Seconds since the last successful Delta commit.
     pub last_commit_age_seconds: Gauge<f64, AtomicU64>,
     /// Seconds the consumer waited for a table's commit in flight (back-pressure from the
@@ -152,6 +156,7 @@ impl Default for Metrics {
             partitions_assigned: Gauge::default(),
             rebalances: Family::default(),
             partitions_fenced: Counter::default(),
+            maintenance_errors: Family::default(),
             last_commit_age_seconds: Gauge::default(),
             commit_wait_seconds: Counter::default(),
             hot: Arc::new(Hot {
@@ -247,8 +252,13 @@ impl Metrics {
         r.register("rebalances", "Rebalance events", self.rebalances.clone());
         r.register(
             "partitions_fenced",
-            "Partitions dropped because another instance wrote them",
+            "Partitions another instance committed: left out of a commit and read again",
             self.partitions_fenced.clone(),
+        );
+        r.register(
+            "maintenance_errors",
+            "Table maintenance after commits that failed (the commits stand)",
+            self.maintenance_errors.clone(),
         );
         r.register(
             "last_commit_age_seconds",

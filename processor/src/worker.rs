@@ -14,6 +14,7 @@ mod commit;
 mod rows;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -23,12 +24,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use crate::committer::Token;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::error::ProcessorError;
+use crate::failpoint::Failpoints;
 use crate::parse::ServerFormat;
 use crate::partition::{Incoming, Outputs, Partition, Servers};
 use crate::telemetry::Metrics;
+use crate::topic_partition::TopicPartition;
 
 /// Parsing settings per server, compiled once.
 struct ServerCache {
@@ -68,15 +72,17 @@ impl Servers for ServerCache {
     }
 }
 
-/// Rows that Arrow rejects: the code and the schema disagree (fatal, never a record's fault).
+/// Rows that Arrow rejects: the code and the schema disagree (a bug, never a record's fault).
 fn schema_err(e: deltalake::arrow::error::ArrowError) -> ProcessorError {
-    ProcessorError::Config {
+    ProcessorError::Internal {
         reason: format!("rows do not fit the audit schema: {e}"),
     }
 }
 
 struct Assigned {
     partition: Partition,
+    /// The partition's token in its table as this instance last read or wrote it.
+    token: Token,
     rows: rows::Rows,
     /// Resuming: the first offset wanted and how far back the next probe seeks. Some brokers
     /// (Tansu 0.6) answer a fetch from inside a record batch with the *next* batch: when the
@@ -117,8 +123,11 @@ pub struct Worker {
     metrics: Metrics,
     decoder: Decoder,
     servers: ServerCache,
-    tables: HashMap<String, commit::Table>,
-    parts: BTreeMap<(String, i32), Assigned>,
+    failpoints: Arc<Failpoints>,
+    tables: HashMap<String, commit::Slot>,
+    parts: BTreeMap<TopicPartition, Assigned>,
+    /// The topics of the partitions assigned so far (one allocation per topic).
+    topics: Vec<Arc<str>>,
     dlq: DeadLetters,
     /// Builds the partitions' Arrow batches beside this thread.
     builder: rows::RowBuilder,
@@ -132,8 +141,8 @@ pub struct Worker {
     pub totals: Totals,
     /// A fatal error raised inside a rebalance callback, for the loop to return.
     pub failed: Option<ProcessorError>,
-    /// Seeks the loop must make (topic, partition, offset).
-    pub seeks: Vec<(String, i32, i64)>,
+    /// Seeks the loop must make.
+    pub seeks: Vec<(TopicPartition, i64)>,
 }
 
 impl Worker {
@@ -144,6 +153,7 @@ impl Worker {
         metrics: Metrics,
         decoder: Decoder,
         dlq: DeadLetters,
+        failpoints: Arc<Failpoints>,
     ) -> Worker {
         let builder = if cfg.row_thread {
             rows::RowBuilder::start()
@@ -160,8 +170,10 @@ impl Worker {
             rt,
             metrics,
             decoder,
+            failpoints,
             tables: HashMap::default(),
             parts: BTreeMap::new(),
+            topics: Vec::new(),
             dlq,
             builder,
             last_commit: Instant::now(),
@@ -184,6 +196,53 @@ impl Worker {
         self.parts.len()
     }
 
+    /// `topic`'s partition `partition`, its topic shared with the others of the topic.
+    fn key(&mut self, topic: &str, partition: i32) -> TopicPartition {
+        let topic = match self.topics.iter().find(|t| ***t == *topic) {
+            Some(t) => Arc::clone(t),
+            None => {
+                let t: Arc<str> = Arc::from(topic);
+                self.topics.push(Arc::clone(&t));
+                t
+            }
+        };
+        TopicPartition { topic, partition }
+    }
+
+    /// `tp` as its table says it resumes: its state read from the table (whose commit in
+    /// flight is settled first).
+    fn start<C: Consumer<X>, X: ConsumerContext>(
+        &mut self,
+        tp: &TopicPartition,
+        consumer: &C,
+    ) -> Result<Assigned, ProcessorError> {
+        self.settle(&tp.topic, None, consumer)?;
+        let window = Config::ms(self.cfg.outcome_window_ms);
+        let rt = self.rt.clone();
+        let committer = self.committer(&tp.topic)?;
+        let resume = rt.block_on(committer.resume(tp))?;
+        let partition = Partition::new(tp.clone(), resume.token.version, resume.checkpoint, window);
+        info!(
+            topic = &*tp.topic,
+            partition = tp.partition,
+            version = ?resume.token.version,
+            resume_at = partition.resume_offset(),
+            "Partition resumes from its table."
+        );
+        let probe = resume.token.version.map(|v| Probe {
+            target: v + 1,
+            step: 1000,
+            reached_start: false,
+        });
+        Ok(Assigned {
+            partition,
+            token: resume.token,
+            rows: rows::Rows::new(&tp.topic, tp.partition),
+            probe,
+            accepted_gap: None,
+        })
+    }
+
     /// Sets up `tpl`'s partitions and writes into `tpl` where each resumes (from its table).
     pub fn assign<C: Consumer<X>, X: ConsumerContext>(
         &mut self,
@@ -191,54 +250,56 @@ impl Worker {
         consumer: &C,
     ) -> Result<(), ProcessorError> {
         self.last_activity = Instant::now();
-        let window = Config::ms(self.cfg.outcome_window_ms);
-        for el in tpl.elements() {
-            let (topic, p) = (el.topic().to_owned(), el.partition());
-            // Resuming reads the table: no commit of ours may be running then.
-            self.settle(&topic, None, consumer)?;
-            let rt = self.rt.clone();
-            let sink = self.sink(&topic)?;
-            let (version, checkpoint) = rt.block_on(sink.resume(&topic, p))?;
-            let partition = Partition::new(&topic, p, version, checkpoint, window);
+        let keys: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|el| (el.topic().to_owned(), el.partition()))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(t, p)| self.key(&t, p))
+            .collect();
+        for tp in keys {
+            let assigned = self.start(&tp, consumer)?;
             info!(
-                topic,
-                partition = p,
-                version = ?version,
-                resume_at = partition.resume_offset(),
+                topic = &*tp.topic,
+                partition = tp.partition,
                 "Partition assigned."
             );
-            let probe = version.map(|v| Probe {
-                target: v + 1,
-                step: 1000,
-                reached_start: false,
-            });
-            let rows = rows::Rows::new(&topic, p);
-            self.parts.insert(
-                (topic, p),
-                Assigned {
-                    partition,
-                    rows,
-                    probe,
-                    accepted_gap: None,
-                },
-            );
-        }
-        for ((topic, p), a) in &self.parts {
-            if tpl.find_partition(topic, *p).is_some() {
-                let offset = match a.partition.committed {
-                    Some(v) => Offset::Offset(v + 1),
-                    None => Offset::Beginning,
-                };
-                tpl.set_partition_offset(topic, *p, offset)
-                    .map_err(|e| ProcessorError::Kafka {
-                        what: format!("seek {topic}/{p}"),
-                        reason: e.to_string(),
-                    })?;
-            }
+            let offset = match assigned.partition.committed {
+                Some(v) => Offset::Offset(v + 1),
+                None => Offset::Beginning,
+            };
+            tpl.set_partition_offset(&tp.topic, tp.partition, offset)
+                .map_err(|e| ProcessorError::Kafka {
+                    what: format!("seek {tp}"),
+                    reason: e.to_string(),
+                })?;
+            self.parts.insert(tp, assigned);
         }
         self.metrics
             .partitions_assigned
             .set(self.parts.len() as i64);
+        Ok(())
+    }
+
+    /// Reads `tp` again from its table and consumes it from there (another instance
+    /// committed it): rows buffered of it are dropped; dead letters already sent may be sent
+    /// again.
+    fn reset<C: Consumer<X>, X: ConsumerContext>(
+        &mut self,
+        tp: &TopicPartition,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
+        let assigned = self.start(tp, consumer)?;
+        let offset = assigned.partition.resume_offset();
+        warn!(
+            topic = &*tp.topic,
+            partition = tp.partition,
+            resume_at = offset,
+            "Another instance committed this partition: consuming it again from what the table holds."
+        );
+        self.parts.insert(tp.clone(), assigned);
+        self.seeks.push((tp.clone(), offset));
         Ok(())
     }
 
@@ -251,30 +312,41 @@ impl Worker {
         consumer: &C,
     ) {
         self.last_activity = Instant::now();
-        let revoked: Vec<(String, i32)> = tpl
+        let mut revoked: Vec<TopicPartition> = tpl
             .elements()
             .iter()
             .map(|e| (e.topic().to_owned(), e.partition()))
-            .filter(|k| self.parts.contains_key(k))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(t, p)| self.key(&t, p))
             .collect();
+        revoked.retain(|tp| self.parts.contains_key(tp));
         let deadline = Instant::now() + Config::ms(self.cfg.revoke_deadline_ms);
-        let topics: std::collections::BTreeSet<String> =
-            revoked.iter().map(|(t, _)| t.clone()).collect();
+        let topics: std::collections::BTreeSet<Arc<str>> =
+            revoked.iter().map(|tp| Arc::clone(&tp.topic)).collect();
         for topic in topics {
-            // A commit in flight began while the partitions were ours: it is settled (or
-            // abandoned at the deadline) either way; a lost assignment starts no new one.
+            // A commit in flight began while the partitions were ours: it is settled (or left
+            // to finish in the background at the deadline); a lost assignment starts no new one.
             let r = if lost {
                 self.settle(&topic, Some(deadline), consumer).map(drop)
             } else {
                 self.commit_topic(&topic, Some(deadline), true, consumer)
             };
             if let Err(e) = r {
-                warn!(topic, error = %e, "Commit on revocation failed; the new owner re-consumes.");
+                warn!(%topic, error = %e, "Commit on revocation failed; the new owner re-consumes.");
+                if e.class() == crate::error::ErrorClass::Fatal {
+                    self.failed.get_or_insert(e);
+                }
             }
         }
-        for k in &revoked {
-            self.parts.remove(k);
-            info!(topic = k.0, partition = k.1, lost, "Partition revoked.");
+        for tp in &revoked {
+            self.parts.remove(tp);
+            info!(
+                topic = &*tp.topic,
+                partition = tp.partition,
+                lost,
+                "Partition revoked."
+            );
         }
         self.metrics
             .partitions_assigned
@@ -295,8 +367,9 @@ impl Worker {
         self.last_activity = now;
         self.totals.messages += 1;
         let wall = self.wall(now);
-        let Some(a) = self.parts.get_mut(&(topic.to_owned(), partition)) else {
-            return Ok(()); // Fenced or revoked: not ours.
+        let tp = self.key(topic, partition);
+        let Some(a) = self.parts.get_mut(&tp) else {
+            return Ok(()); // Revoked: not ours.
         };
         // The same broker trap can strike mid-stream (librdkafka restarting a fetch inside a
         // batch, e.g. around a rebalance): a gap after the last offset handled is probed like
@@ -347,7 +420,7 @@ impl Worker {
                     step: pr.step.saturating_mul(8),
                     reached_start: to == 0,
                 });
-                self.seeks.push((topic.to_owned(), partition, to));
+                self.seeks.push((tp, to));
                 return Ok(());
             }
         }
@@ -439,8 +512,8 @@ impl Worker {
         let interval_due = self.last_commit.elapsed() >= Config::ms(self.cfg.flush_interval_ms);
         let mut due: Vec<String> = Vec::new();
         let mut per_topic: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for ((topic, _), a) in &self.parts {
-            let e = per_topic.entry(topic.as_str()).or_default();
+        for (tp, a) in &self.parts {
+            let e = per_topic.entry(&*tp.topic).or_default();
             e.0 += a.rows.len();
             e.1 += a.rows.bytes();
         }
@@ -474,7 +547,8 @@ impl Worker {
         release: impl Fn(&mut Partition, &Metrics, &mut Outputs),
     ) -> Result<(), ProcessorError> {
         let now = Utc::now();
-        for ((topic, _), a) in self.parts.iter_mut() {
+        for (tp, a) in self.parts.iter_mut() {
+            let topic = &tp.topic;
             let mut out = Outputs::default();
             release(&mut a.partition, &self.metrics, &mut out);
             Self::route(

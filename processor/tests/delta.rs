@@ -10,8 +10,10 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pgtrail_avro::LogFormat;
 use processor::audit::outcome::OutcomeTracker;
 use processor::audit::{AuditRow, Source};
-use processor::delta::{AuditTable, KafkaCoords, LakeRow, app_id, arrow_schema, to_batch};
+use processor::delta::{AuditTable, KafkaCoords, LakeRow, arrow_schema, to_batch};
 use processor::parse::csvlog::parse_csvlog;
+use processor::state::offset_app_id;
+use processor::topic_partition::TopicPartition;
 
 fn rows(n: i64, partition: i32, first_offset: i64) -> Vec<LakeRow> {
     let mut tracker = OutcomeTracker::new(std::time::Duration::from_secs(60));
@@ -50,6 +52,22 @@ fn rows(n: i64, partition: i32, first_offset: i64) -> Vec<LakeRow> {
         .collect()
 }
 
+/// The `txn` application id of partition `p` of the primary's topic in group `g`.
+fn app_id(p: i32) -> String {
+    offset_app_id("g", &TopicPartition::new("pgaudit.raw.primary", p))
+}
+
+/// Uploads `batches` and commits them with `txns` as one version.
+async fn commit(
+    t: &mut AuditTable,
+    batches: Vec<deltalake::arrow::record_batch::RecordBatch>,
+    txns: &BTreeMap<String, i64>,
+    metadata: serde_json::Value,
+) -> u64 {
+    let adds = t.upload(&batches).await.unwrap();
+    t.commit_log(adds, txns, metadata).await.unwrap()
+}
+
 fn count_rows(table: &AuditTable) -> usize {
     table
         .file_uris()
@@ -76,25 +94,27 @@ async fn commits_carry_txn_versions_and_survive_reopening() {
     let uri = uri.to_string_lossy().into_owned();
     let mut t = AuditTable::open_or_create(&uri).await.unwrap();
     assert_eq!(t.version(), Some(0), "created");
-    let p0 = app_id("g", "pgaudit.raw.primary", 0);
-    let p1 = app_id("g", "pgaudit.raw.primary", 1);
+    let p0 = app_id(0);
+    let p1 = app_id(1);
     assert_eq!(t.txn_version(&p0).await.unwrap(), None);
 
     let batch = to_batch(&rows(3, 0, 39)).unwrap();
     assert_eq!(batch.schema(), arrow_schema());
-    let v = t
-        .commit(vec![batch], &BTreeMap::from([(p0.clone(), 41)]), None)
-        .await
-        .unwrap();
+    let v = commit(
+        &mut t,
+        vec![batch],
+        &BTreeMap::from([(p0.clone(), 41)]),
+        serde_json::json!({"group": "g", "n": 1}),
+    )
+    .await;
     assert_eq!(v, 1);
-    let v = t
-        .commit(
-            vec![to_batch(&rows(2, 1, 0)).unwrap()],
-            &BTreeMap::from([(p1.clone(), 1)]),
-            Some(serde_json::json!({"group": "g"})),
-        )
-        .await
-        .unwrap();
+    let v = commit(
+        &mut t,
+        vec![to_batch(&rows(2, 1, 0)).unwrap()],
+        &BTreeMap::from([(p1.clone(), 1)]),
+        serde_json::json!({"group": "g", "n": 2}),
+    )
+    .await;
     assert_eq!(v, 2);
 
     // A fresh process sees the same versions and rows.
@@ -102,8 +122,11 @@ async fn commits_carry_txn_versions_and_survive_reopening() {
     assert_eq!(t.version(), Some(2));
     assert_eq!(t.row_count().unwrap(), 5);
     let meta = t.recent_metadata(10).await.unwrap();
-    assert_eq!(meta.len(), 1, "only the second commit carried metadata");
-    assert_eq!(meta[0].1["group"], "g");
+    assert_eq!(meta.len(), 2, "newest first");
+    assert_eq!(
+        (&meta[0].1["group"], &meta[0].1["n"]),
+        (&"g".into(), &2.into())
+    );
     assert_eq!(t.txn_version(&p0).await.unwrap(), Some(41));
     assert_eq!(t.txn_version(&p1).await.unwrap(), Some(1));
     assert_eq!(count_rows(&t), 5);
@@ -138,10 +161,14 @@ async fn one_file_per_ingest_date_plain_long_text_and_same_values_back() {
     rows[3].ingest_ts = rows[2].ingest_ts;
     let mixed = to_batch(&rows).unwrap();
     let single = to_batch(&rows[..2]).unwrap();
-    let p0 = app_id("g", "pgaudit.raw.primary", 0);
-    t.commit(vec![mixed, single], &BTreeMap::from([(p0, 3)]), None)
-        .await
-        .unwrap();
+    let p0 = app_id(0);
+    commit(
+        &mut t,
+        vec![mixed, single],
+        &BTreeMap::from([(p0, 3)]),
+        serde_json::json!({}),
+    )
+    .await;
     let files = t.file_uris().unwrap();
     let mut per_date = BTreeMap::<String, usize>::new();
     let mut raws = Vec::new();
@@ -217,14 +244,14 @@ async fn long_text_is_written_in_small_data_pages() {
     let dir = tempfile::tempdir().unwrap();
     let uri = dir.path().to_string_lossy().into_owned();
     let mut t = AuditTable::open_or_create(&uri).await.unwrap();
-    let p0 = app_id("g", "pgaudit.raw.primary", 0);
-    t.commit(
+    let p0 = app_id(0);
+    commit(
+        &mut t,
         vec![to_batch(&rows(6000, 0, 0)).unwrap()],
         &BTreeMap::from([(p0, 5999)]),
-        None,
+        serde_json::json!({}),
     )
-    .await
-    .unwrap();
+    .await;
     let files = t.file_uris().unwrap();
     assert_eq!(files.len(), 1);
     let path = files[0].strip_prefix("file://").unwrap_or(&files[0]);

@@ -1,9 +1,9 @@
 //! Crash test of the whole pipeline: while PostgreSQL (primary) is writing, the shipper is
-//! `kill -9`'d twice and the processor five times at random moments — once from inside a
-//! Delta commit (failpoint: right after the commit landed, before anything else learned of
-//! it). At the end the table holds exactly the expected rows: no duplicate, none missing,
-//! compared with an independent count and with an undisturbed reference run over the same
-//! topic.
+//! `kill -9`'d twice and the processor seven times: aborted at each step of a Delta commit
+//! (failpoints: writing the state object, uploading files, before the log entry, right after
+//! it landed, in the maintenance after it) and killed twice at random moments. At the end the
+//! table holds exactly the expected rows: no duplicate, none missing, compared with an
+//! independent count and with an undisturbed reference run over the same topic.
 
 #![allow(clippy::unwrap_used)]
 
@@ -78,14 +78,28 @@ fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
     // Long and throttled enough that PostgreSQL is still writing through every round.
     cluster.stream_at(120, Some(80));
     let mut shipper = Shipper::spawn(&ship, &work.path().join("shipper-0.log"));
-    let failpoint_round = rng.below(5) as usize;
-    for round in 0..5 {
+    // Seven lives: one aborted at each step of a commit (its second commit: files written,
+    // log entry not; log entry written, nobody told; ...), in random order, and two killed at
+    // random moments.
+    let mut plan: Vec<Option<&str>> = vec![
+        Some("commit.state_write"),
+        Some("commit.upload"),
+        Some("commit.before_log"),
+        Some("commit.after_log"),
+        Some("commit.post_commit"),
+        None,
+        None,
+    ];
+    for i in (1..plan.len()).rev() {
+        plan.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for (round, failpoint) in plan.into_iter().enumerate() {
         let log = work.path().join(format!("processor-{round}.log"));
-        let env: Vec<(&str, &str)> = if round == failpoint_round {
-            vec![("PGTRAIL_FAILPOINT", "abort_after_commit:2")]
-        } else {
-            vec![]
-        };
+        let spec = failpoint.map(|step| format!("{step}=abort@2"));
+        let env: Vec<(&str, &str)> = spec
+            .iter()
+            .map(|s| ("PGTRAIL_FAILPOINTS", s.as_str()))
+            .collect();
         let mut p = Processor::processor(&args, &env, &log);
         // A kill before the first assignment would test nothing: each life counts from the
         // moment the group gave this instance its partitions. (The broker takes a session
@@ -96,8 +110,8 @@ fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
             broker.log_path().display(),
             p.log_text()
         );
-        // The failpoint round runs until its second commit aborts it.
-        let life = if round == failpoint_round {
+        // A failpoint round runs until its failpoint aborts it.
+        let life = if failpoint.is_some() {
             Duration::from_secs(60)
         } else {
             Duration::from_millis(1500 + rng.below(4000))
@@ -109,22 +123,22 @@ fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
         let aborted = !p.running();
         p.kill9();
         println!(
-            "processor round {round}: killed {:?} after its assignment (aborted by failpoint: {aborted}, PostgreSQL writing: {})",
+            "processor round {round}: killed {:?} after its assignment (failpoint {failpoint:?} fired: {aborted}, PostgreSQL writing: {})",
             start.elapsed(),
             cluster.streaming()
         );
-        if round == failpoint_round {
+        if let Some(step) = failpoint {
             let text = std::fs::read_to_string(&log).unwrap();
             assert!(
-                text.contains("Failpoint abort_after_commit"),
-                "the failpoint fired:\n{text}"
+                text.contains("Failpoint.") && text.contains(step),
+                "the failpoint {step} fired:\n{text}"
             );
         }
         // Tansu 0.6 forms a group with an empty assignment when a new member syncs right
         // after the coordinator expelled a dead leader (see ARCHITECTURE.md), so the next
         // instance starts once the killed one's session (10 s) has expired.
         std::thread::sleep(SESSION_EXPIRY);
-        if round == 1 || round == 3 {
+        if round == 2 || round == 5 {
             shipper.kill9();
             println!("shipper killed");
             shipper = Shipper::spawn(&ship, &work.path().join(format!("shipper-{round}.log")));

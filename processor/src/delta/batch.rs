@@ -376,18 +376,6 @@ impl RowBuffer {
         self.done_bytes = 0;
         Ok(std::mem::take(&mut self.done))
     }
-
-    /// Puts batches taken earlier back in front of what was pushed since (a commit that did
-    /// not happen).
-    pub fn restore(&mut self, batches: Vec<RecordBatch>) {
-        self.done_rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-        self.done_bytes += batches
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum::<usize>();
-        let newer = std::mem::replace(&mut self.done, batches);
-        self.done.extend(newer);
-    }
 }
 
 /// Rows → one Arrow batch of [`arrow_schema`] (any number of rows, of any dates).
@@ -449,7 +437,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn batches_of_the_schema_in_order_with_restore() {
+    fn batches_of_the_schema_in_order() {
         let mut buf = RowBuffer::default();
         let n = BATCH_ROWS as i64 + 10;
         for i in 0..n {
@@ -467,11 +455,7 @@ pub(crate) mod tests {
             [BATCH_ROWS, 10]
         );
         assert_eq!(batches[0].schema(), arrow_schema());
-        // A failed commit puts them back in front of newer rows.
-        buf.push_lake(&row(n)).unwrap();
-        buf.restore(batches);
-        let all = buf.take().unwrap();
-        let offsets: Vec<i64> = all
+        let offsets: Vec<i64> = batches
             .iter()
             .flat_map(|b| {
                 let col = b
@@ -484,7 +468,7 @@ pub(crate) mod tests {
                 col.values().to_vec()
             })
             .collect();
-        assert_eq!(offsets, (0..=n).collect::<Vec<_>>());
+        assert_eq!(offsets, (0..n).collect::<Vec<_>>());
         // Same as converting the rows at once.
         let rows: Vec<LakeRow> = (0..3).map(row).collect();
         let mut buf = RowBuffer::default();

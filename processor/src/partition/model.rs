@@ -266,7 +266,12 @@ fn run(messages: &[Message], steps: &[Step]) -> Written {
     let mut committed = Written::default();
     let mut sent_dead = Vec::new();
     let mut checkpoint: Option<PartitionCheckpoint> = None;
-    let mut p = Partition::new("t", 0, None, None, window);
+    let mut p = Partition::new(
+        crate::topic_partition::TopicPartition::new("t", 0),
+        None,
+        None,
+        window,
+    );
     let mut uncommitted = Outputs::default();
     let mut next = 0usize;
     let commit = |p: &mut Partition,
@@ -295,7 +300,12 @@ fn run(messages: &[Message], steps: &[Step]) -> Written {
             Step::Crash => {
                 uncommitted = Outputs::default();
                 let version = checkpoint.as_ref().map(|c| c.version);
-                p = Partition::new("t", 0, version, checkpoint.clone(), window);
+                p = Partition::new(
+                    crate::topic_partition::TopicPartition::new("t", 0),
+                    version,
+                    checkpoint.clone(),
+                    window,
+                );
                 next = p.resume_offset() as usize;
             }
         }

@@ -78,7 +78,12 @@ const ERROR_WITH_STATEMENT: [&str; 5] = [
 #[test]
 fn attached_continuation_lines_do_not_pin_the_safe_offset() {
     let mut servers = OnePrefix(ServerFormat::new("%m [%p] %v %e ", None).expect("prefix"));
-    let mut p = Partition::new("t", 0, None, None, Duration::from_secs(60));
+    let mut p = Partition::new(
+        crate::topic_partition::TopicPartition::new("t", 0),
+        None,
+        None,
+        Duration::from_secs(60),
+    );
     let out = push_stderr(&mut p, &mut servers, 0, &ERROR_WITH_STATEMENT);
     // The last record (offset 4) is open until its process writes again: everything before
     // it is handled, the audited INSERT failed.
@@ -98,7 +103,12 @@ fn attached_continuation_lines_do_not_pin_the_safe_offset() {
 #[test]
 fn orphan_continuation_lines_are_not_pending() {
     let mut servers = OnePrefix(ServerFormat::new("%m [%p] %v %e ", None).expect("prefix"));
-    let mut p = Partition::new("t", 0, None, None, Duration::from_secs(60));
+    let mut p = Partition::new(
+        crate::topic_partition::TopicPartition::new("t", 0),
+        None,
+        None,
+        Duration::from_secs(60),
+    );
     push_stderr(
         &mut p,
         &mut servers,

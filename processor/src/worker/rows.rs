@@ -182,7 +182,7 @@ pub(super) struct Rows {
     chunk: Vec<Pending>,
     /// Text bytes of the chunk (its rows' estimated Arrow size).
     chunk_bytes: usize,
-    /// Rows held (pushed or restored, not taken).
+    /// Rows held (pushed, not taken).
     rows: usize,
 }
 
@@ -261,15 +261,6 @@ impl Rows {
         self.rows = 0;
         Ok(batches)
     }
-
-    /// Puts batches taken earlier back in front of the rows pushed since (a commit that did
-    /// not happen).
-    pub(super) fn restore(&mut self, batches: Vec<RecordBatch>) {
-        self.rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-        let mut guard = self.shared.lock();
-        guard.0.restore(batches);
-        self.shared.bytes.store(guard.0.bytes(), Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
@@ -298,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn take_returns_every_row_pushed_in_order_then_restore_goes_first() {
+    fn take_returns_every_row_pushed_in_order() {
         for builder in [RowBuilder::start(), RowBuilder::inline()] {
             let (mut a, mut b) = (Rows::new("t", 0), Rows::new("t", 1));
             let n = 3 * CHUNK_ROWS as i64 + 7;
@@ -318,14 +309,13 @@ mod tests {
                 .unwrap()
                 .value(0);
             assert_eq!(parts, 0);
-            // A commit that did not happen: its rows go back in front of newer ones.
+            // Rows pushed after a take are the next take's.
             push(&mut a, &builder, n..n + 5);
-            a.restore(taken);
-            assert_eq!(a.len(), n as usize + 5);
+            assert_eq!(a.len(), 5);
             assert!(a.bytes() > 0);
             assert_eq!(
                 offsets(&a.take(&builder).unwrap()),
-                (0..n + 5).collect::<Vec<_>>()
+                (n..n + 5).collect::<Vec<_>>()
             );
             assert_eq!(
                 offsets(&b.take(&builder).unwrap()),
