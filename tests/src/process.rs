@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary, built on first use (`cargo test --no-run --workspace`, which
 /// builds a package's binaries only because each has an integration test: `shipper/tests/cli.rs`
 /// exists for that too).
+///
+/// With `PGTRAIL_TEST_BIN_DIR` set, the binaries in that directory are used as they are (for
+/// running a test against another build, e.g. to show that it fails without a fix).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PGTRAIL_TEST_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>
