@@ -141,6 +141,15 @@ impl Shipper {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to it.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// SIGKILL, no chance to flush or checkpoint.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

@@ -42,7 +42,11 @@ fn a_commit_whose_maintenance_fails_is_written_once() {
         "%m [%p] ",
     );
     // A trickle, so the processor commits many small versions.
-    let rate = ship.iter().position(|a| a == "--max-records-per-sec").unwrap() + 1;
+    let rate = ship
+        .iter()
+        .position(|a| a == "--max-records-per-sec")
+        .unwrap()
+        + 1;
     ship[rate] = "60".into();
 
     let lake = work.path().join("lake");
