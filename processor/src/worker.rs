@@ -11,6 +11,7 @@
 //! not: poll the consumer (the loop in `consumer.rs` does, and rebalance callbacks call in).
 
 mod commit;
+mod probe;
 mod rows;
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,21 +85,8 @@ struct Assigned {
     /// The partition's token in its table as this instance last read or wrote it.
     token: Token,
     rows: rows::Rows,
-    /// Resuming: the first offset wanted and how far back the next probe seeks. Some brokers
-    /// (Tansu 0.6) answer a fetch from inside a record batch with the *next* batch: when the
-    /// first message is past the resume offset, the partition is re-read from earlier (further
-    /// back each time) and everything before the resume offset is skipped.
-    probe: Option<Probe>,
-    /// The last offset before a gap that re-reading showed to be real (compaction,
-    /// transaction markers): that gap is not probed again.
-    accepted_gap: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Probe {
-    target: i64,
-    step: i64,
-    reached_start: bool,
+    /// Skipped offsets (`probe.rs`).
+    probe: probe::OffsetProbe,
 }
 
 /// Totals of a run.
@@ -229,17 +217,11 @@ impl Worker {
             resume_at = partition.resume_offset(),
             "Partition resumes from its table."
         );
-        let probe = resume.token.version.map(|v| Probe {
-            target: v + 1,
-            step: 1000,
-            reached_start: false,
-        });
         Ok(Assigned {
+            probe: probe::OffsetProbe::resuming_at(resume.token.version.map(|v| v + 1)),
             partition,
             token: resume.token,
             rows: rows::Rows::new(&tp.topic, tp.partition),
-            probe,
-            accepted_gap: None,
         })
     }
 
@@ -371,61 +353,13 @@ impl Worker {
         let Some(a) = self.parts.get_mut(&tp) else {
             return Ok(()); // Revoked: not ours.
         };
-        // The same broker trap can strike mid-stream (librdkafka restarting a fetch inside a
-        // batch, e.g. around a rebalance): a gap after the last offset handled is probed like
-        // a resume, once; a gap that is still there after re-reading is real.
-        if a.probe.is_none()
-            && let Some(last) = a.partition.last_offset()
-            && offset > last + 1
-            && a.accepted_gap != Some(last)
-        {
-            warn!(
-                topic,
-                partition,
-                expected = last + 1,
-                got = offset,
-                "Offsets skipped; re-reading to make sure none is lost."
-            );
-            a.accepted_gap = Some(last);
-            a.probe = Some(Probe {
-                target: last + 1,
-                step: 1000,
-                reached_start: false,
-            });
-        }
-        if let Some(pr) = a.probe {
-            if offset <= pr.target || pr.reached_start {
-                if offset > pr.target {
-                    warn!(
-                        topic,
-                        partition,
-                        wanted = pr.target,
-                        first = offset,
-                        "Records before the first available offset are gone (retention?)."
-                    );
-                }
-                a.probe = None;
-            } else {
-                let to = (pr.target - pr.step).max(0);
-                info!(
-                    topic,
-                    partition,
-                    wanted = pr.target,
-                    got = offset,
-                    seek = to,
-                    "Broker skipped past the resume offset; re-reading from earlier."
-                );
-                a.probe = Some(Probe {
-                    target: pr.target,
-                    step: pr.step.saturating_mul(8),
-                    reached_start: to == 0,
-                });
+        match a.probe.check(&tp, offset, a.partition.last_offset()) {
+            probe::Verdict::Handle => {}
+            probe::Verdict::Skip => return Ok(()),
+            probe::Verdict::Seek(to) => {
                 self.seeks.push((tp, to));
                 return Ok(());
             }
-        }
-        if a.partition.last_offset().is_some_and(|l| offset <= l) {
-            return Ok(()); // Already handled (re-read while resuming).
         }
         // The record's bytes stay in the message: parsed in place, copied once into a row.
         // Only the Confluent framing may need the registry (I/O): the other needs no runtime.
