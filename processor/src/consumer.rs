@@ -230,6 +230,34 @@ pub fn run(
     cancel: CancellationToken,
     rt: Handle,
 ) -> Result<Totals, ProcessorError> {
+    let consumer = connect(&cfg, &metrics, &rt)?;
+    let mut poll = PollLoop::new(&cfg);
+    let outcome = loop {
+        if cancel.is_cancelled() {
+            info!("Draining: committing what is in hand.");
+            let deadline = Instant::now() + Config::ms(cfg.drain_deadline_ms);
+            let r = consumer
+                .context()
+                .worker()
+                .commit_all(Some(deadline), &consumer);
+            break r;
+        }
+        poll.poll(&consumer)?;
+        if let Some(finished) = poll.tick(&consumer, &metrics)? {
+            break finished;
+        }
+    };
+    let totals = consumer.context().worker().totals.clone();
+    consumer.unsubscribe();
+    outcome.map(|()| totals)
+}
+
+/// The worker, the consumer subscribed to the topics, the dead-letter topic made sure of.
+fn connect(
+    cfg: &Config,
+    metrics: &Metrics,
+    rt: &Handle,
+) -> Result<BaseConsumer<Ctx>, ProcessorError> {
     let registry = cfg
         .registry_url
         .as_deref()
@@ -252,7 +280,7 @@ pub fn run(
         worker: Mutex::new(worker),
         metrics: metrics.clone(),
     };
-    let consumer: BaseConsumer<Ctx> = consumer_config(&cfg)
+    let consumer: BaseConsumer<Ctx> = consumer_config(cfg)
         .create_with_context(ctx)
         .map_err(|e| kafka("consumer", e))?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
@@ -265,40 +293,60 @@ pub fn run(
         "Subscribed."
     );
     // While librdkafka joins the group in the background: nothing is dead-lettered before
-    // the first poll, below.
-    ensure_topic(&cfg, &cfg.dead_letter_topic, &rt)?;
-    let idle_exit = cfg.exit_when_idle_ms.map(Config::ms);
-    let started = Instant::now();
-    let mut ever_assigned = false;
-    let mut last_tick = Instant::now();
-    let (mut now, mut clock_age) = (Instant::now(), 0u32);
-    let mut last_progress = (Instant::now(), Totals::default());
-    let mut busy = false;
-    let outcome = loop {
-        if cancel.is_cancelled() {
-            info!("Draining: committing what is in hand.");
-            let deadline = Instant::now() + Config::ms(cfg.drain_deadline_ms);
-            let r = consumer
-                .context()
-                .worker()
-                .commit_all(Some(deadline), &consumer);
-            break r;
+    // the first poll.
+    ensure_topic(cfg, &cfg.dead_letter_topic, rt)?;
+    Ok(consumer)
+}
+
+/// The poll loop's own state: clocks, progress, idleness.
+struct PollLoop {
+    idle_exit: Option<Duration>,
+    topics: String,
+    group: String,
+    started: Instant,
+    ever_assigned: bool,
+    last_tick: Instant,
+    /// The clock as last read, and messages handled since.
+    now: Instant,
+    clock_age: u32,
+    last_progress: (Instant, Totals),
+    /// The last poll returned a message (the next one does not wait).
+    busy: bool,
+}
+
+impl PollLoop {
+    fn new(cfg: &Config) -> PollLoop {
+        PollLoop {
+            idle_exit: cfg.exit_when_idle_ms.map(Config::ms),
+            topics: cfg.topics.join(","),
+            group: cfg.group.clone(),
+            started: Instant::now(),
+            ever_assigned: false,
+            last_tick: Instant::now(),
+            now: Instant::now(),
+            clock_age: 0,
+            last_progress: (Instant::now(), Totals::default()),
+            busy: false,
         }
+    }
+
+    /// Polls once and hands a message to the worker.
+    fn poll(&mut self, consumer: &BaseConsumer<Ctx>) -> Result<(), ProcessorError> {
         // Right after a message more are usually queued: a poll that does not wait reads the
         // clock less (librdkafka reads it twice per waiting poll, rdkafka twice more).
-        let polled = consumer.poll(if busy {
+        let polled = consumer.poll(if self.busy {
             Duration::ZERO
         } else {
             Duration::from_millis(100)
         });
-        busy = matches!(polled, Some(Ok(_)));
+        self.busy = matches!(polled, Some(Ok(_)));
         // One clock read per CLOCK_EVERY messages (a read per message was 3 % of this thread's
         // time), and after every empty poll: a message's time (its rows' ingest_ts, the outcome
         // window's start) lags by at most a poll timeout plus that many messages' work.
-        clock_age += 1;
-        if polled.is_none() || clock_age >= CLOCK_EVERY {
-            now = Instant::now();
-            clock_age = 0;
+        self.clock_age += 1;
+        if polled.is_none() || self.clock_age >= CLOCK_EVERY {
+            self.now = Instant::now();
+            self.clock_age = 0;
         }
         match polled {
             Some(Ok(m)) => {
@@ -309,17 +357,27 @@ pub fn run(
                     m.offset(),
                     m.key(),
                     m.payload().unwrap_or(&[]),
-                    now,
+                    self.now,
                 )?;
-                seek(&consumer, &mut w)?;
+                seek(consumer, &mut w)?;
             }
             Some(Err(e)) => warn!(error = %e, "Consumer error."),
             None => {}
         }
-        if now.saturating_duration_since(last_tick) < Duration::from_millis(200) {
-            continue;
+        Ok(())
+    }
+
+    /// Every 200 ms: the worker's tick, progress, and (batch mode) the idle exit, whose
+    /// outcome is returned when it is time to stop.
+    fn tick(
+        &mut self,
+        consumer: &BaseConsumer<Ctx>,
+        metrics: &Metrics,
+    ) -> Result<Option<Result<(), ProcessorError>>, ProcessorError> {
+        if self.now.saturating_duration_since(self.last_tick) < Duration::from_millis(200) {
+            return Ok(None);
         }
-        last_tick = now;
+        self.last_tick = self.now;
         metrics
             .last_commit_age_seconds
             .set(metrics.last_commit_age_seconds.get() + 0.2);
@@ -327,24 +385,44 @@ pub fn run(
         if let Some(e) = w.failed.take() {
             return Err(e);
         }
-        w.tick(&consumer)?;
-        seek(&consumer, &mut w)?;
-        ever_assigned |= w.assigned() > 0;
-        if last_progress.0.elapsed() >= PROGRESS_EVERY {
-            let (t, before) = (&w.totals, &last_progress.1);
-            let secs = last_progress.0.elapsed().as_secs_f64();
-            info!(
-                messages = t.messages,
-                rows = t.rows,
-                dead_letters = t.dead_letters,
-                commits = t.commits,
-                commit_wait_ms = t.commit_wait_ms,
-                partitions = w.assigned(),
-                messages_per_sec = ((t.messages - before.messages) as f64 / secs) as u64,
-                "Progress."
-            );
-            last_progress = (Instant::now(), t.clone());
+        w.tick(consumer)?;
+        seek(consumer, &mut w)?;
+        self.ever_assigned |= w.assigned() > 0;
+        self.progress(&w);
+        self.idle_exit(consumer, &mut w)
+    }
+
+    /// Logs the totals every [`PROGRESS_EVERY`].
+    fn progress(&mut self, w: &Worker) {
+        if self.last_progress.0.elapsed() < PROGRESS_EVERY {
+            return;
         }
+        let (t, before) = (&w.totals, &self.last_progress.1);
+        let secs = self.last_progress.0.elapsed().as_secs_f64();
+        info!(
+            messages = t.messages,
+            rows = t.rows,
+            dead_letters = t.dead_letters,
+            commits = t.commits,
+            commit_wait_ms = t.commit_wait_ms,
+            partitions = w.assigned(),
+            messages_per_sec = ((t.messages - before.messages) as f64 / secs) as u64,
+            "Progress."
+        );
+        self.last_progress = (Instant::now(), t.clone());
+    }
+
+    /// With `exit_when_idle`: once every assigned partition was idle that long, releases
+    /// what is held and commits (the run's outcome); an error when no partition was ever
+    /// assigned.
+    fn idle_exit(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        w: &mut Worker,
+    ) -> Result<Option<Result<(), ProcessorError>>, ProcessorError> {
+        let Some(idle) = self.idle_exit else {
+            return Ok(None);
+        };
         // Without any partition (a rebalance may still wait for a dead member's session to
         // expire) idleness counts only after a grace period.
         let grace = if w.assigned() == 0 {
@@ -352,31 +430,26 @@ pub fn run(
         } else {
             Duration::ZERO
         };
-        if let Some(idle) = idle_exit
-            && w.last_activity.elapsed() >= idle + grace
-            && started.elapsed() >= idle + grace
-        {
-            if !ever_assigned {
-                // A batch run that never got a partition processed nothing: say so.
-                return Err(kafka(
-                    "exit-when-idle",
-                    format!(
-                        "no partition of {} was assigned within {} s (group {})",
-                        cfg.topics.join(","),
-                        (idle + grace).as_secs(),
-                        cfg.group
-                    ),
-                ));
-            }
-            info!(
-                idle_ms = idle.as_millis() as u64,
-                partitions = w.assigned(),
-                "Every assigned partition idle: finishing."
-            );
-            break w.finish_all(&consumer);
+        if w.last_activity.elapsed() < idle + grace || self.started.elapsed() < idle + grace {
+            return Ok(None);
         }
-    };
-    let totals = consumer.context().worker().totals.clone();
-    consumer.unsubscribe();
-    outcome.map(|()| totals)
+        if !self.ever_assigned {
+            // A batch run that never got a partition processed nothing: say so.
+            return Err(kafka(
+                "exit-when-idle",
+                format!(
+                    "no partition of {} was assigned within {} s (group {})",
+                    self.topics,
+                    (idle + grace).as_secs(),
+                    self.group
+                ),
+            ));
+        }
+        info!(
+            idle_ms = idle.as_millis() as u64,
+            partitions = w.assigned(),
+            "Every assigned partition idle: finishing."
+        );
+        Ok(Some(w.finish_all(consumer)))
+    }
 }
