@@ -71,15 +71,15 @@ pub enum ProcessorError {
     /// The topic no longer holds the offsets the table says were read: it was recreated or
     /// truncated. Going on would skip or re-read records silently.
     #[error(
-        "{tp}: the table holds offsets up to {position} but the topic ends at {high_watermark} (recreated or truncated); refusing to skip or re-read records"
+        "{tp}: the table holds offsets below {position} of another topic of this name (recreated or truncated, seen at offset {got}); refusing to skip or re-read records (process the new topic into a new table or group)"
     )]
     TopicReset {
         /// The topic-partition.
         tp: TopicPartition,
         /// The next offset the table expects.
         position: i64,
-        /// The topic's high watermark.
-        high_watermark: i64,
+        /// The offset at which it showed (a message, or the topic's end).
+        got: i64,
     },
     /// Kafka client setup or a Kafka operation that must not fail (dead letters).
     #[error("kafka: {what}: {reason}")]

@@ -55,6 +55,30 @@ pub struct PartitionCheckpoint {
     /// offset). Checkpoints of older processors hold a map of file → highest offset.
     #[serde(deserialize_with = "dedup::deserialize_files")]
     pub files: Vec<FileMark>,
+    /// The last message at or below `version`, to verify on resume that the topic is the one
+    /// read (absent in checkpoints of older processors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Anchor>,
+}
+
+/// A message of a partition: its offset and a hash of its key and value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Kafka offset.
+    pub offset: i64,
+    /// [`message_hash`] of the message.
+    pub hash: u64,
+}
+
+/// xxh3 of a message's value and key (what tells one message from another at an offset).
+pub fn message_hash(key: Option<&[u8]>, payload: &[u8]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(payload);
+    if let Some(k) = key {
+        h.update(&[0xff]);
+        h.update(k);
+    }
+    h.digest()
 }
 
 /// A record for the dead-letter topic.
@@ -124,6 +148,12 @@ pub struct Partition {
     assembler: StderrAssembler<Tag>,
     tracker: OutcomeTracker,
     pending: BTreeMap<i64, u32>,
+    /// Per pending offset, the message before it (the anchor of a checkpoint whose version
+    /// it is); entries of offsets no longer pending are dropped at checkpoints.
+    anchors: BTreeMap<i64, Option<Anchor>>,
+    /// The last message pushed, and the one before it (while the current one is handled).
+    newest: Option<Anchor>,
+    before: Option<Anchor>,
     last: Option<i64>,
     last_activity: Instant,
     stderr_watermark: Option<DateTime<Utc>>,
@@ -149,6 +179,7 @@ impl Partition {
             last: committed.unwrap_or(-1),
             pending: Vec::new(),
             files: Vec::new(),
+            anchor: None,
         });
         Partition {
             tp,
@@ -159,6 +190,9 @@ impl Partition {
             assembler: StderrAssembler::default(),
             tracker: OutcomeTracker::new(outcome_window),
             pending: BTreeMap::new(),
+            anchors: BTreeMap::new(),
+            newest: cp.anchor,
+            before: None,
             last: committed,
             last_activity: Instant::now(),
             stderr_watermark: None,
@@ -176,6 +210,9 @@ impl Partition {
     }
 
     fn add_pending(&mut self, offset: i64) {
+        // A record pending again (a stderr record completed, then held) keeps its anchor.
+        let before = self.before;
+        self.anchors.entry(offset).or_insert(before);
         *self.pending.entry(offset).or_default() += 1;
     }
 
@@ -203,6 +240,11 @@ impl Partition {
         self.last
     }
 
+    /// The last message pushed (after a resume: the checkpoint's anchor until one is).
+    pub fn newest(&self) -> Option<Anchor> {
+        self.newest
+    }
+
     /// Handles one message. `record` is the decode result.
     pub fn push(
         &mut self,
@@ -219,6 +261,10 @@ impl Partition {
             at,
         } = msg;
         self.last = Some(offset);
+        self.before = self.newest.replace(Anchor {
+            offset,
+            hash: message_hash(key, payload),
+        });
         self.last_activity = at;
         let dead = |kind: &'static str, reason: String| DeadLetter {
             tp: self.tp.clone(),
@@ -405,6 +451,13 @@ impl Partition {
     /// The checkpoint of a commit at [`Partition::safe_offset`]; advances the dedup memory.
     pub fn checkpoint(&mut self) -> Option<PartitionCheckpoint> {
         let version = self.safe_offset()?;
+        let pending = &self.pending;
+        self.anchors.retain(|o, _| pending.contains_key(o));
+        let anchor = match self.pending.keys().next() {
+            Some(first) => self.anchors.get(first).copied().flatten(),
+            None => self.newest,
+        }
+        .filter(|a| a.offset <= version);
         self.dedup.advance_to(version);
         // Pending now and meant to be written, plus the previous run's pending records this
         // run has not reached yet; a replay emits exactly these within (version, last].
@@ -424,6 +477,7 @@ impl Partition {
             last,
             pending: pending.into_iter().collect(),
             files: self.dedup.stored(),
+            anchor,
         })
     }
 

@@ -214,6 +214,10 @@ mod tests {
                 hwm: 4096,
                 seen: 40,
             }],
+            anchor: Some(crate::partition::Anchor {
+                offset: 41,
+                hash: 0x1234_5678_9abc_def0,
+            }),
         }
     }
 

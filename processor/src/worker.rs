@@ -197,18 +197,20 @@ impl Worker {
         TopicPartition { topic, partition }
     }
 
-    /// `tp` as its table says it resumes: its state read from the table (whose commit in
-    /// flight is settled first).
+    /// `tp` as its table says it resumes, and the offset to position it at: its state read
+    /// from the table (whose commit in flight is settled first).
     fn start<C: Consumer<X>, X: ConsumerContext>(
         &mut self,
         tp: &TopicPartition,
         consumer: &C,
-    ) -> Result<Assigned, ProcessorError> {
+    ) -> Result<(Assigned, i64), ProcessorError> {
         self.settle(&tp.topic, None, consumer)?;
         let window = Config::ms(self.cfg.outcome_window_ms);
         let rt = self.rt.clone();
         let committer = self.committer(&tp.topic)?;
         let resume = rt.block_on(committer.resume(tp))?;
+        let anchor = resume.checkpoint.as_ref().and_then(|c| c.anchor);
+        let (probe, at) = probe::OffsetProbe::resuming(resume.token.version, anchor);
         let partition = Partition::new(tp.clone(), resume.token.version, resume.checkpoint, window);
         info!(
             topic = &*tp.topic,
@@ -217,12 +219,13 @@ impl Worker {
             resume_at = partition.resume_offset(),
             "Partition resumes from its table."
         );
-        Ok(Assigned {
-            probe: probe::OffsetProbe::resuming_at(resume.token.version.map(|v| v + 1)),
+        let assigned = Assigned {
+            probe,
             partition,
             token: resume.token,
             rows: rows::Rows::new(&tp.topic, tp.partition),
-        })
+        };
+        Ok((assigned, at))
     }
 
     /// Sets up `tpl`'s partitions and writes into `tpl` where each resumes (from its table).
@@ -241,14 +244,14 @@ impl Worker {
             .map(|(t, p)| self.key(&t, p))
             .collect();
         for tp in keys {
-            let assigned = self.start(&tp, consumer)?;
+            let (assigned, at) = self.start(&tp, consumer)?;
             info!(
                 topic = &*tp.topic,
                 partition = tp.partition,
                 "Partition assigned."
             );
             let offset = match assigned.partition.committed {
-                Some(v) => Offset::Offset(v + 1),
+                Some(_) => Offset::Offset(at),
                 None => Offset::Beginning,
             };
             tpl.set_partition_offset(&tp.topic, tp.partition, offset)
@@ -272,8 +275,7 @@ impl Worker {
         tp: &TopicPartition,
         consumer: &C,
     ) -> Result<(), ProcessorError> {
-        let assigned = self.start(tp, consumer)?;
-        let offset = assigned.partition.resume_offset();
+        let (assigned, offset) = self.start(tp, consumer)?;
         warn!(
             topic = &*tp.topic,
             partition = tp.partition,
@@ -353,12 +355,21 @@ impl Worker {
         let Some(a) = self.parts.get_mut(&tp) else {
             return Ok(()); // Revoked: not ours.
         };
-        match a.probe.check(&tp, offset, a.partition.last_offset()) {
+        let hash = || crate::partition::message_hash(key, payload);
+        let (last, newest) = (a.partition.last_offset(), a.partition.newest());
+        match a.probe.check(&tp, offset, hash, last, newest) {
             probe::Verdict::Handle => {}
             probe::Verdict::Skip => return Ok(()),
             probe::Verdict::Seek(to) => {
                 self.seeks.push((tp, to));
                 return Ok(());
+            }
+            probe::Verdict::Reset { position } => {
+                return Err(ProcessorError::TopicReset {
+                    tp,
+                    position,
+                    got: offset,
+                });
             }
         }
         // The record's bytes stay in the message: parsed in place, copied once into a row.
@@ -440,6 +451,7 @@ impl Worker {
     ) -> Result<(), ProcessorError> {
         self.clock = (Instant::now(), Utc::now());
         self.settle_finished(consumer)?;
+        self.nudge(consumer)?;
         let window = Config::ms(self.cfg.outcome_window_ms);
         self.release_each(|p, metrics, out| p.release_idle(window, metrics, out))?;
         self.update_gauges();
@@ -462,6 +474,45 @@ impl Worker {
         }
         if interval_due {
             self.last_commit = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Partitions positioned a while ago that received nothing: asks the broker where they
+    /// end and seeks there when the broker cannot serve what is wanted (`probe.rs`).
+    fn nudge<C: Consumer<X>, X: ConsumerContext>(
+        &mut self,
+        consumer: &C,
+    ) -> Result<(), ProcessorError> {
+        for (tp, a) in self.parts.iter_mut().filter(|(_, a)| a.probe.nudge_due()) {
+            let timeout = std::time::Duration::from_secs(2);
+            let high = match consumer.fetch_watermarks(&tp.topic, tp.partition, timeout) {
+                Ok((_, high)) => high,
+                Err(e) => {
+                    warn!(topic = &*tp.topic, partition = tp.partition, error = %e, "Cannot read the partition's watermarks.");
+                    continue;
+                }
+            };
+            match a.probe.idle(high, a.partition.last_offset()) {
+                Some(probe::Verdict::Seek(to)) => {
+                    info!(
+                        topic = &*tp.topic,
+                        partition = tp.partition,
+                        high,
+                        seek = to,
+                        "Nothing arrived where the partition was positioned; reading from the broker's reported end."
+                    );
+                    self.seeks.push((tp.clone(), to));
+                }
+                Some(probe::Verdict::Reset { position }) => {
+                    return Err(ProcessorError::TopicReset {
+                        tp: tp.clone(),
+                        position,
+                        got: high,
+                    });
+                }
+                Some(_) | None => {}
+            }
         }
         Ok(())
     }

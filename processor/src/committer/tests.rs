@@ -42,6 +42,7 @@ fn checkpoint(p: i32, version: i64, last: i64) -> PartitionCheckpoint {
             hwm: last * 100,
             seen: last,
         }],
+        anchor: None,
     }
 }
 

@@ -12,7 +12,7 @@ use pgtrail_avro::LogFormat;
 use proptest::prelude::*;
 
 use super::tests::{OnePrefix, record};
-use super::{Incoming, Outputs, Partition, PartitionCheckpoint};
+use super::{Incoming, Outputs, Partition, PartitionCheckpoint, message_hash};
 use crate::parse::ServerFormat;
 use crate::telemetry::Metrics;
 
@@ -279,6 +279,13 @@ fn run(messages: &[Message], steps: &[Step]) -> Written {
                   committed: &mut Written,
                   cp: &mut Option<PartitionCheckpoint>| {
         if let Some(c) = p.checkpoint() {
+            // The anchor is the last message at or below the version, as it was read.
+            assert_eq!(c.anchor.is_some(), c.version >= 0, "{:?}", c.anchor);
+            if let Some(a) = c.anchor {
+                let m = &messages[a.offset as usize];
+                assert!(a.offset <= c.version, "{a:?} {}", c.version);
+                assert_eq!(a.hash, message_hash(None, m.text.as_bytes()), "{a:?}");
+            }
             p.committed = Some(c.version);
             *cp = Some(c);
             committed.add(std::mem::take(out));
