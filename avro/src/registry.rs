@@ -31,11 +31,16 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// A registry error: retryable when the client says so (the request failed, 502, 503) or the
+/// registry answered with another server error (5xx: its backing store, an overloaded node),
+/// which a later attempt may not meet. The reason is the client's message, never its cause
+/// (which can quote the URL, credentials included).
 fn registry_error(operation: String, e: SRCError) -> AvroError {
+    let server_error = e.error.contains("with status 5");
     AvroError::Registry {
         operation,
         reason: e.error.clone(),
-        retryable: e.retriable,
+        retryable: e.retriable || server_error,
     }
 }
 

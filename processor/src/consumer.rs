@@ -211,12 +211,24 @@ fn ensure_with(
     Ok(())
 }
 
-/// Makes the seeks the worker asked for.
+/// Makes the seeks, then the pauses and resumptions, the worker asked for.
 fn seek(consumer: &BaseConsumer<Ctx>, w: &mut Worker) -> Result<(), ProcessorError> {
     for (tp, offset) in std::mem::take(&mut w.seeks) {
         let to = rdkafka::Offset::Offset(offset);
         if let Err(e) = consumer.seek(&tp.topic, tp.partition, to, Duration::from_secs(10)) {
             return Err(kafka(&format!("seek {tp}"), e));
+        }
+    }
+    for (tp, pause) in std::mem::take(&mut w.pauses) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&tp.topic, tp.partition);
+        let r = if pause {
+            consumer.pause(&tpl)
+        } else {
+            consumer.resume(&tpl)
+        };
+        if let Err(e) = r {
+            return Err(kafka(&format!("pause {tp}"), e));
         }
     }
     Ok(())
@@ -430,7 +442,11 @@ impl PollLoop {
         } else {
             Duration::ZERO
         };
-        if w.last_activity.elapsed() < idle + grace || self.started.elapsed() < idle + grace {
+        // A partition waiting for the registry is not idle: its records are still to come.
+        if w.last_activity.elapsed() < idle + grace
+            || self.started.elapsed() < idle + grace
+            || w.waiting() > 0
+        {
             return Ok(None);
         }
         if !self.ever_assigned {

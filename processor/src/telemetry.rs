@@ -90,6 +90,11 @@ pub struct Metrics {
     /// Table maintenance after commits (Delta checkpoint, log cleanup, deleting superseded
     /// state objects) that failed; the commits stand.
     pub maintenance_errors: Family<TableLabel, Counter>,
+    /// Partitions paused waiting for a dependency, by reason (`schema_registry`); `/readyz`
+    /// answers 503 while any waits.
+    pub partitions_waiting: Family<ReasonLabel, Gauge>,
+    /// Schema Registry calls that failed and are retried (nothing is dead-lettered for them).
+    pub registry_errors: Counter,
     /// Seconds since the last successful Delta commit.
     pub last_commit_age_seconds: Gauge<f64, AtomicU64>,
     /// Seconds the consumer waited for a table's commit in flight (back-pressure from the
@@ -157,6 +162,8 @@ impl Default for Metrics {
             rebalances: Family::default(),
             partitions_fenced: Counter::default(),
             maintenance_errors: Family::default(),
+            partitions_waiting: Family::default(),
+            registry_errors: Counter::default(),
             last_commit_age_seconds: Gauge::default(),
             commit_wait_seconds: Counter::default(),
             hot: Arc::new(Hot {
@@ -261,6 +268,16 @@ impl Metrics {
             self.maintenance_errors.clone(),
         );
         r.register(
+            "partitions_waiting",
+            "Partitions paused waiting for a dependency",
+            self.partitions_waiting.clone(),
+        );
+        r.register(
+            "registry_errors",
+            "Schema Registry calls that failed and are retried",
+            self.registry_errors.clone(),
+        );
+        r.register(
             "last_commit_age_seconds",
             "Seconds since the last Delta commit",
             self.last_commit_age_seconds.clone(),
@@ -297,8 +314,11 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` until `cancel`; returns the
-/// bound address.
+/// Partitions waiting for the Schema Registry (a readiness failure).
+pub const WAIT_REGISTRY: &str = "schema_registry";
+
+/// Serves `GET /metrics` (OpenMetrics text), `GET /healthz` (alive) and `GET /readyz` (503
+/// while a partition waits for a dependency) until `cancel`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: &Metrics,
@@ -306,6 +326,7 @@ pub async fn serve(
 ) -> Result<SocketAddr, ProcessorError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let waiting = metrics.partitions_waiting.clone();
     let registry = Arc::new(registry);
     let err = |e: std::io::Error| ProcessorError::Config {
         reason: format!("metrics address {addr}: {e}"),
@@ -335,7 +356,27 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let waiting = waiting
+                    .get_or_create(&ReasonLabel {
+                        reason: WAIT_REGISTRY.to_owned(),
+                    })
+                    .get();
+                async move {
+                    if waiting > 0 {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            format!("waiting for the schema registry ({waiting} partitions)\n"),
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, "ready\n".to_owned())
+                    }
+                }
+            }),
+        );
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(cancel.cancelled_owned())

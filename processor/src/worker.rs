@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::committer::Token;
 use crate::config::Config;
 use crate::dlq::DeadLetters;
-use crate::error::ProcessorError;
+use crate::error::{ErrorClass, ProcessorError};
 use crate::failpoint::Failpoints;
 use crate::parse::ServerFormat;
 use crate::partition::{Incoming, Outputs, Partition, Servers};
@@ -73,6 +73,13 @@ impl Servers for ServerCache {
     }
 }
 
+/// The label of partitions waiting for the Schema Registry.
+fn wait_label() -> crate::telemetry::ReasonLabel {
+    crate::telemetry::ReasonLabel {
+        reason: crate::telemetry::WAIT_REGISTRY.to_owned(),
+    }
+}
+
 /// Rows that Arrow rejects: the code and the schema disagree (a bug, never a record's fault).
 fn schema_err(e: deltalake::arrow::error::ArrowError) -> ProcessorError {
     ProcessorError::Internal {
@@ -87,7 +94,16 @@ struct Assigned {
     rows: rows::Rows,
     /// Skipped offsets (`probe.rs`).
     probe: probe::OffsetProbe,
+    /// Waiting for the Schema Registry: paused until then, and the next wait.
+    waiting: Option<(Instant, std::time::Duration)>,
 }
+
+/// First wait of a partition for an unreachable Schema Registry; doubled up to
+/// [`REGISTRY_WAIT_MAX`].
+const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Longest wait for an unreachable Schema Registry between attempts.
+const REGISTRY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Totals of a run.
 #[derive(Debug, Default, Clone)]
@@ -131,6 +147,8 @@ pub struct Worker {
     pub failed: Option<ProcessorError>,
     /// Seeks the loop must make.
     pub seeks: Vec<(TopicPartition, i64)>,
+    /// Partitions the loop must pause (`true`) or resume (`false`), after the seeks.
+    pub pauses: Vec<(TopicPartition, bool)>,
 }
 
 impl Worker {
@@ -170,6 +188,7 @@ impl Worker {
             totals: Totals::default(),
             failed: None,
             seeks: Vec::new(),
+            pauses: Vec::new(),
         }
     }
 
@@ -182,6 +201,11 @@ impl Worker {
     /// Partitions assigned.
     pub fn assigned(&self) -> usize {
         self.parts.len()
+    }
+
+    /// Partitions waiting for the Schema Registry.
+    pub fn waiting(&self) -> usize {
+        self.parts.values().filter(|a| a.waiting.is_some()).count()
     }
 
     /// `topic`'s partition `partition`, its topic shared with the others of the topic.
@@ -224,6 +248,7 @@ impl Worker {
             partition,
             token: resume.token,
             rows: rows::Rows::new(&tp.topic, tp.partition),
+            waiting: None,
         };
         Ok((assigned, at))
     }
@@ -324,7 +349,12 @@ impl Worker {
             }
         }
         for tp in &revoked {
-            self.parts.remove(tp);
+            if self.parts.remove(tp).is_some_and(|a| a.waiting.is_some()) {
+                self.metrics
+                    .partitions_waiting
+                    .get_or_create(&wait_label())
+                    .dec();
+            }
             info!(
                 topic = &*tp.topic,
                 partition = tp.partition,
@@ -374,14 +404,56 @@ impl Worker {
         }
         // The record's bytes stay in the message: parsed in place, copied once into a row.
         // Only the Confluent framing may need the registry (I/O): the other needs no runtime.
-        let decoded: Result<RawRecordRef<'_>, String> = if payload.first() == Some(&0) {
-            self.rt
-                .block_on(self.decoder.decode_ref(payload))
-                .map_err(|e| e.to_string())
+        let decoded = if payload.first() == Some(&0) {
+            self.rt.block_on(self.decoder.decode_ref(payload))
         } else {
-            self.decoder
-                .decode_single_object_ref(payload)
-                .map_err(|e| e.to_string())
+            self.decoder.decode_single_object_ref(payload)
+        };
+        let decoded: Result<RawRecordRef<'_>, String> = match decoded {
+            Ok(r) => {
+                if a.waiting.take().is_some() {
+                    info!(
+                        topic = &*tp.topic,
+                        partition = tp.partition,
+                        "The schema registry answers again."
+                    );
+                    self.metrics
+                        .partitions_waiting
+                        .get_or_create(&wait_label())
+                        .dec();
+                }
+                Ok(r)
+            }
+            Err(e) => match e.class() {
+                ErrorClass::Poison => Err(e.to_string()),
+                // The registry is away: this message waits (read again later), never a dead
+                // letter, never skipped.
+                ErrorClass::Retryable => {
+                    let wait = a
+                        .waiting
+                        .map_or(REGISTRY_WAIT, |(_, w)| (w * 2).min(REGISTRY_WAIT_MAX));
+                    if a.waiting.is_none() {
+                        self.metrics
+                            .partitions_waiting
+                            .get_or_create(&wait_label())
+                            .inc();
+                    }
+                    a.waiting = Some((Instant::now() + wait, wait));
+                    a.probe.retry_at(offset);
+                    self.metrics.registry_errors.inc();
+                    warn!(topic = &*tp.topic, partition = tp.partition, offset, retry_in_ms = wait.as_millis() as u64, error = %e, "The schema registry cannot be reached: waiting, then reading this message again.");
+                    self.seeks.push((tp.clone(), offset));
+                    self.pauses.push((tp, true));
+                    return Ok(());
+                }
+                ErrorClass::Fatal => {
+                    return Err(ProcessorError::Decode {
+                        tp,
+                        offset,
+                        source: e,
+                    });
+                }
+            },
         };
         match &decoded {
             Ok(r) => self.metrics.consumed(r.source.format.as_str()),
@@ -452,6 +524,17 @@ impl Worker {
         self.clock = (Instant::now(), Utc::now());
         self.settle_finished(consumer)?;
         self.nudge(consumer)?;
+        // Partitions whose wait for the registry is over are read again (and wait longer if
+        // it is still away).
+        let now = Instant::now();
+        for (tp, a) in self.parts.iter_mut() {
+            if let Some((until, wait)) = a.waiting
+                && until <= now
+            {
+                a.waiting = Some((now + REGISTRY_WAIT_MAX * 100, wait));
+                self.pauses.push((tp.clone(), false));
+            }
+        }
         let window = Config::ms(self.cfg.outcome_window_ms);
         self.release_each(|p, metrics, out| p.release_idle(window, metrics, out))?;
         self.update_gauges();

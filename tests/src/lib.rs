@@ -3,13 +3,15 @@
 //!
 //! Owns: [`broker`] (Tansu behind a cuttable proxy), [`pglogs`] (log generation and an
 //! independent record enumeration), [`consume`] (reading topics back), [`process`] (building
-//! and running the binaries). Must not: reimplement product logic it checks.
+//! and running the binaries), [`registry`] (a Schema Registry that can be taken down). Must
+//! not: reimplement product logic it checks.
 
 pub mod broker;
 pub mod consume;
 pub mod lake;
 pub mod pglogs;
 pub mod process;
+pub mod registry;
 
 use std::path::PathBuf;
 

@@ -217,6 +217,13 @@ impl OffsetProbe {
         Verdict::Handle
     }
 
+    /// The message at `offset` (handled as [`Verdict::Handle`] said) could not be, and the
+    /// partition is sought back to it: it is read again from there.
+    pub fn retry_at(&mut self, offset: i64) {
+        self.floor = self.floor.min(offset);
+        self.quiet_since = Instant::now();
+    }
+
     fn seek(&mut self, to: i64) -> Verdict {
         self.floor = to;
         self.quiet_since = Instant::now();
