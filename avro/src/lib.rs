@@ -12,6 +12,6 @@ pub mod registry;
 pub mod wire;
 
 pub use error::{AvroError, ErrorClass};
-pub use record::{LogFormat, RawRecord, RawRecordRef, RecordFields, RecordSource};
+pub use record::{EncodedSource, LogFormat, RawRecord, RawRecordRef, RecordFields, RecordSource};
 pub use registry::Registry;
 pub use wire::{Decoder, Encoder};

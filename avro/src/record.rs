@@ -1,4 +1,4 @@
-//! The raw log record envelope: the typed Rust view of `schemas/raw_record.v2.avsc` and its
+//! The raw log record envelope: the typed Rust view of `schemas/raw_record.v3.avsc` and its
 //! fast binary codec.
 //!
 //! Owns: [`RawRecord`], [`LogFormat`], the embedded schema texts, a hand-rolled encoder and
@@ -19,16 +19,22 @@ use crate::error::AvroError;
 
 /// Schema text of version 1 of the envelope (kept to test that old data stays readable).
 pub const RAW_RECORD_SCHEMA_V1: &str = include_str!("../schemas/raw_record.v1.avsc");
-/// Schema text of the current version (2) of the envelope.
-pub const RAW_RECORD_SCHEMA: &str = include_str!("../schemas/raw_record.v2.avsc");
+/// Schema text of version 2 of the envelope (likewise).
+pub const RAW_RECORD_SCHEMA_V2: &str = include_str!("../schemas/raw_record.v2.avsc");
+/// Schema text of the current version (3) of the envelope.
+pub const RAW_RECORD_SCHEMA: &str = include_str!("../schemas/raw_record.v3.avsc");
 
 /// Every envelope schema version ever published, oldest first. Never remove an entry: old
 /// messages in a topic keep naming these schemas by fingerprint.
 pub static KNOWN_SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
-    [RAW_RECORD_SCHEMA_V1, RAW_RECORD_SCHEMA]
-        .iter()
-        .map(|text| Schema::parse_str(text).expect("embedded schema is valid (tested)"))
-        .collect()
+    [
+        RAW_RECORD_SCHEMA_V1,
+        RAW_RECORD_SCHEMA_V2,
+        RAW_RECORD_SCHEMA,
+    ]
+    .iter()
+    .map(|text| Schema::parse_str(text).expect("embedded schema is valid (tested)"))
+    .collect()
 });
 
 /// The current envelope schema.
@@ -134,8 +140,12 @@ pub struct RecordSource {
     pub format: LogFormat,
     /// Path of the file when it was read.
     pub source_path: Arc<str>,
-    /// File identity that survives rename (device, inode, first-line fingerprint).
+    /// File identity that survives rename, reboot and remount (first-line fingerprint).
     pub file_id: Arc<str>,
+    /// The server's `log_line_prefix` as the shipper was told it (stderr files).
+    pub log_line_prefix: Option<Arc<str>>,
+    /// IANA name of the server's `log_timezone`, when the shipper was told it.
+    pub log_timezone: Option<Arc<str>>,
 }
 
 /// One raw log record, as carried in Kafka.
@@ -200,16 +210,35 @@ impl From<RawRecord> for RawRecordRef<'static> {
     }
 }
 
-/// Encodes the per-file part of the envelope once; [`encode_datum`] appends the rest.
-pub fn encode_source(source: &RecordSource) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    put_bytes(&mut out, source.server.as_bytes());
-    put_bytes(&mut out, source.host.as_bytes());
-    put_bytes(&mut out, source.shipper_version.as_bytes());
-    put_long(&mut out, source.format.index());
-    put_bytes(&mut out, source.source_path.as_bytes());
-    put_bytes(&mut out, source.file_id.as_bytes());
-    out
+/// The per-file parts of the envelope, encoded once per file: the fields before a record's
+/// own and the fields after them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodedSource {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+/// Encodes the per-file parts of the envelope once; [`encode_datum`] puts a record's fields
+/// between them.
+pub fn encode_source(source: &RecordSource) -> EncodedSource {
+    let mut head = Vec::with_capacity(128);
+    put_bytes(&mut head, source.server.as_bytes());
+    put_bytes(&mut head, source.host.as_bytes());
+    put_bytes(&mut head, source.shipper_version.as_bytes());
+    put_long(&mut head, source.format.index());
+    put_bytes(&mut head, source.source_path.as_bytes());
+    put_bytes(&mut head, source.file_id.as_bytes());
+    let mut tail = Vec::new();
+    for text in [&source.log_line_prefix, &source.log_timezone] {
+        match text {
+            None => put_long(&mut tail, 0),
+            Some(t) => {
+                put_long(&mut tail, 1);
+                put_bytes(&mut tail, t.as_bytes());
+            }
+        }
+    }
+    EncodedSource { head, tail }
 }
 
 /// Per-record fields of the envelope, borrowed.
@@ -225,11 +254,11 @@ pub struct RecordFields<'a> {
     pub original_length: Option<i64>,
 }
 
-/// Appends the Avro datum (current schema) of one record to `out`, given the bytes of
-/// [`encode_source`] for its file.
-pub fn encode_datum(out: &mut Vec<u8>, encoded_source: &[u8], fields: RecordFields<'_>) {
-    out.reserve(encoded_source.len() + fields.data.len() + 40);
-    out.extend_from_slice(encoded_source);
+/// Appends the Avro datum (current schema) of one record to `out`, given [`encode_source`] of
+/// its file.
+pub fn encode_datum(out: &mut Vec<u8>, source: &EncodedSource, fields: RecordFields<'_>) {
+    out.reserve(source.head.len() + source.tail.len() + fields.data.len() + 40);
+    out.extend_from_slice(&source.head);
     put_long(out, fields.offset);
     put_bytes(out, fields.data);
     put_long(out, fields.read_at_micros);
@@ -241,6 +270,7 @@ pub fn encode_datum(out: &mut Vec<u8>, encoded_source: &[u8], fields: RecordFiel
             put_long(out, len);
         }
     }
+    out.extend_from_slice(&source.tail);
 }
 
 /// Encodes a whole record (current schema). Convenience for tests and tools.
@@ -316,6 +346,14 @@ impl<'a> Cursor<'a> {
             .map_err(|_| malformed("string is not UTF-8"))
     }
 
+    fn optional_string(&mut self) -> Result<Option<Arc<str>>, AvroError> {
+        match self.long()? {
+            0 => Ok(None),
+            1 => self.string().map(Some),
+            _ => Err(malformed("union branch out of range")),
+        }
+    }
+
     fn boolean(&mut self) -> Result<bool, AvroError> {
         let b = *self
             .buf
@@ -362,15 +400,7 @@ pub fn decode_current_datum_ref<'a>(
     c.long()?;
     c.bytes()?;
     c.bytes()?;
-    let prefix = &datum[..c.pos];
-    let source = match cache.get(prefix) {
-        Some(source) => source,
-        None => {
-            let source = decode_source(&mut Cursor { buf: datum, pos: 0 })?;
-            cache.insert(prefix, &source);
-            source
-        }
-    };
+    let head = &datum[..c.pos];
     let offset = c.long()?;
     let data = Cow::Borrowed(c.bytes()?);
     let read_at_micros = c.long()?;
@@ -380,9 +410,31 @@ pub fn decode_current_datum_ref<'a>(
         1 => Some(c.long()?),
         _ => return Err(malformed("union branch out of range")),
     };
+    let tail_start = c.pos;
+    for _ in 0..2 {
+        match c.long()? {
+            0 => {}
+            1 => {
+                c.bytes()?;
+            }
+            _ => return Err(malformed("union branch out of range")),
+        }
+    }
     if c.pos != datum.len() {
         return Err(malformed("trailing bytes after the datum"));
     }
+    let tail = &datum[tail_start..];
+    let source = match cache.get(head, tail) {
+        Some(source) => source,
+        None => {
+            let mut source = decode_source(&mut Cursor { buf: datum, pos: 0 })?;
+            let mut t = Cursor { buf: tail, pos: 0 };
+            source.log_line_prefix = t.optional_string()?;
+            source.log_timezone = t.optional_string()?;
+            cache.insert(head, tail, &source);
+            source
+        }
+    };
     Ok(RawRecordRef {
         source,
         offset,
@@ -401,16 +453,18 @@ fn decode_source(c: &mut Cursor<'_>) -> Result<RecordSource, AvroError> {
         format: LogFormat::from_index(c.long()?).ok_or_else(|| malformed("unknown format"))?,
         source_path: c.string()?,
         file_id: c.string()?,
+        log_line_prefix: None,
+        log_timezone: None,
     })
 }
 
 /// The sources of recently decoded datums by their encoded bytes. Every record of one file
-/// starts with the same source bytes, so a hit costs one comparison instead of five strings
-/// validated and allocated per record. Bounded: [`SourceCache::ENTRIES`] sources, the
-/// oldest replaced first.
+/// has the same source bytes (before and after its own fields), so a hit costs two
+/// comparisons instead of seven strings validated and allocated per record. Bounded:
+/// [`SourceCache::ENTRIES`] sources, the oldest replaced first.
 #[derive(Debug, Default)]
 pub struct SourceCache {
-    entries: Vec<(Vec<u8>, RecordSource)>,
+    entries: Vec<(Vec<u8>, Vec<u8>, RecordSource)>,
     /// Entry of the last hit or insert, checked first.
     last: usize,
     /// Entry the next insert replaces once full.
@@ -421,22 +475,20 @@ impl SourceCache {
     /// Sources kept (a consumer reads a handful of files per partition at a time).
     pub const ENTRIES: usize = 16;
 
-    fn get(&mut self, prefix: &[u8]) -> Option<RecordSource> {
-        if let Some((bytes, source)) = self.entries.get(self.last)
-            && bytes.as_slice() == prefix
+    fn get(&mut self, head: &[u8], tail: &[u8]) -> Option<RecordSource> {
+        let hit = |(h, t, _): &(Vec<u8>, Vec<u8>, RecordSource)| h == head && t == tail;
+        if let Some(e) = self.entries.get(self.last)
+            && hit(e)
         {
-            return Some(source.clone());
+            return Some(e.2.clone());
         }
-        let i = self
-            .entries
-            .iter()
-            .position(|(b, _)| b.as_slice() == prefix)?;
+        let i = self.entries.iter().position(hit)?;
         self.last = i;
-        Some(self.entries[i].1.clone())
+        Some(self.entries[i].2.clone())
     }
 
-    fn insert(&mut self, prefix: &[u8], source: &RecordSource) {
-        let entry = (prefix.to_vec(), source.clone());
+    fn insert(&mut self, head: &[u8], tail: &[u8], source: &RecordSource) {
+        let entry = (head.to_vec(), tail.to_vec(), source.clone());
         if self.entries.len() < Self::ENTRIES {
             self.last = self.entries.len();
             self.entries.push(entry);
@@ -461,6 +513,8 @@ pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
             format: LogFormat::Stderr,
             source_path: "".into(),
             file_id: "".into(),
+            log_line_prefix: None,
+            log_timezone: None,
         },
         offset: 0,
         data: Vec::new(),
@@ -486,6 +540,18 @@ pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
             ("original_length", Value::Union(_, inner)) => {
                 r.original_length = match *inner {
                     Value::Long(n) => Some(n),
+                    _ => None,
+                }
+            }
+            ("log_line_prefix", Value::Union(_, inner)) => {
+                r.source.log_line_prefix = match *inner {
+                    Value::String(s) => Some(s.into()),
+                    _ => None,
+                }
+            }
+            ("log_timezone", Value::Union(_, inner)) => {
+                r.source.log_timezone = match *inner {
+                    Value::String(s) => Some(s.into()),
                     _ => None,
                 }
             }
@@ -517,22 +583,30 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..2000),
             any::<i64>(),
             proptest::option::of(any::<i64>()),
+            (
+                proptest::option::of(".{0,30}"),
+                proptest::option::of("[A-Za-z/_]{0,20}"),
+            ),
         )
             .prop_map(
-                |((server, host, v, f, path, id), offset, data, read_at, orig)| RawRecord {
-                    source: RecordSource {
-                        server: server.into(),
-                        host: host.into(),
-                        shipper_version: v.into(),
-                        format: LogFormat::ALL[f],
-                        source_path: path.into(),
-                        file_id: id.into(),
-                    },
-                    offset,
-                    data,
-                    read_at_micros: read_at,
-                    truncated: orig.is_some(),
-                    original_length: orig,
+                |((server, host, v, f, path, id), offset, data, read_at, orig, (prefix, tz))| {
+                    RawRecord {
+                        source: RecordSource {
+                            server: server.into(),
+                            host: host.into(),
+                            shipper_version: v.into(),
+                            format: LogFormat::ALL[f],
+                            source_path: path.into(),
+                            file_id: id.into(),
+                            log_line_prefix: prefix.map(Into::into),
+                            log_timezone: tz.map(Into::into),
+                        },
+                        offset,
+                        data,
+                        read_at_micros: read_at,
+                        truncated: orig.is_some(),
+                        original_length: orig,
+                    }
                 },
             )
     }
@@ -579,8 +653,9 @@ mod tests {
 
     #[test]
     fn schemas_parse_and_match_snapshot() {
-        assert_eq!(KNOWN_SCHEMAS.len(), 2);
-        insta::assert_snapshot!("canonical_v2", current_schema().canonical_form());
+        assert_eq!(KNOWN_SCHEMAS.len(), 3);
+        insta::assert_snapshot!("canonical_v3", current_schema().canonical_form());
+        insta::assert_snapshot!("canonical_v2", KNOWN_SCHEMAS[1].canonical_form());
         insta::assert_snapshot!("canonical_v1", KNOWN_SCHEMAS[0].canonical_form());
     }
 

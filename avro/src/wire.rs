@@ -16,8 +16,8 @@ use apache_avro::reader::datum::GenericDatumReader;
 
 use crate::error::AvroError;
 use crate::record::{
-    KNOWN_SCHEMAS, RawRecord, RawRecordRef, RecordFields, SourceCache, current_schema,
-    decode_current_datum_ref, encode_datum, record_from_value,
+    EncodedSource, KNOWN_SCHEMAS, RawRecord, RawRecordRef, RecordFields, SourceCache,
+    current_schema, decode_current_datum_ref, encode_datum, record_from_value,
 };
 use crate::registry::Registry;
 
@@ -56,10 +56,10 @@ impl Encoder {
     }
 
     /// Encodes one message: header, then the datum of the file's pre-encoded source and fields.
-    pub fn encode(&self, encoded_source: &[u8], fields: RecordFields<'_>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.header.len() + encoded_source.len() + 64);
+    pub fn encode(&self, source: &EncodedSource, fields: RecordFields<'_>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.header.len() + fields.data.len() + 256);
         out.extend_from_slice(&self.header);
-        encode_datum(&mut out, encoded_source, fields);
+        encode_datum(&mut out, source, fields);
         out
     }
 
@@ -209,7 +209,9 @@ mod tests {
                 shipper_version: "0.1.0".into(),
                 format: LogFormat::Csvlog,
                 source_path: "/var/log/postgresql/postgresql.csv".into(),
-                file_id: "803-1a2b-00ff".into(),
+                file_id: "00000000000000ff".into(),
+                log_line_prefix: Some("%m [%p] %q%c %v %e ".into()),
+                log_timezone: Some("Europe/Berlin".into()),
             },
             offset: 4096,
             data: b"2026-11-23 08:57:28.127 UTC,,,6241,,6b03fff8.1861,1,,...\n".to_vec(),
@@ -272,6 +274,49 @@ mod tests {
         assert_eq!(decoded.data, s.data);
         assert!(!decoded.truncated, "default of the new field applies");
         assert_eq!(decoded.original_length, None);
+    }
+
+    /// Written by apache-avro with schema version 2 (before the server's log settings).
+    #[test]
+    fn record_written_with_v2_schema_is_readable() {
+        let v2 = &KNOWN_SCHEMAS[1];
+        let s = sample();
+        let value = Value::Record(vec![
+            ("server".into(), Value::String(s.source.server.to_string())),
+            ("host".into(), Value::String(s.source.host.to_string())),
+            ("shipper_version".into(), Value::String("0.1.0".into())),
+            ("format".into(), Value::Enum(2, "STDERR".into())),
+            (
+                "source_path".into(),
+                Value::String(s.source.source_path.to_string()),
+            ),
+            ("file_id".into(), Value::String("803:1a2b:00ff".into())),
+            ("offset".into(), Value::Long(s.offset)),
+            ("data".into(), Value::Bytes(s.data.clone())),
+            ("read_at".into(), Value::TimestampMicros(s.read_at_micros)),
+            ("truncated".into(), Value::Boolean(false)),
+            (
+                "original_length".into(),
+                Value::Union(0, Box::new(Value::Null)),
+            ),
+        ]);
+        let mut msg = SINGLE_OBJECT_MARKER.to_vec();
+        msg.extend_from_slice(&fingerprint(v2));
+        msg.extend_from_slice(
+            &apache_avro::writer::datum::GenericDatumWriter::builder(v2)
+                .build()
+                .unwrap()
+                .write_value_to_vec(value)
+                .unwrap(),
+        );
+        let decoded = Decoder::new(None).decode_single_object(&msg).unwrap();
+        assert_eq!(&*decoded.source.file_id, "803:1a2b:00ff");
+        assert_eq!(decoded.source.format, LogFormat::Stderr);
+        assert_eq!(
+            (decoded.source.log_line_prefix, decoded.source.log_timezone),
+            (None, None),
+            "defaults of the new fields apply"
+        );
     }
 
     #[test]

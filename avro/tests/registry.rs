@@ -81,6 +81,8 @@ fn sample() -> RawRecord {
             format: LogFormat::Jsonlog,
             source_path: "/log/postgresql.json".into(),
             file_id: "1-2-3".into(),
+            log_line_prefix: None,
+            log_timezone: Some("UTC".into()),
         },
         offset: 17,
         data: "{\"message\":\"AUDIT: SESSION,1,1,READ,SELECT,,,select 'é',<none>\"}\n".into(),
@@ -162,6 +164,10 @@ async fn previous_schema_version_through_registry_resolves() {
     assert_eq!(r.source.format, LogFormat::Stderr);
     assert_eq!(r.data, b"LOG:  x\n");
     assert!(!r.truncated);
+    assert_eq!(
+        r.source.log_line_prefix, None,
+        "fields of later versions take their defaults"
+    );
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct OneServer(ServerFormat);
 
 impl Servers for OneServer {
-    fn format(&mut self, _server: &str, _: LogFormat) -> Result<&ServerFormat, String> {
+    fn format(&mut self, _: &RecordSource) -> Result<&ServerFormat, String> {
         Ok(&self.0)
     }
     fn accepts(&self, _server: &str, _format: LogFormat) -> bool {
@@ -57,6 +57,8 @@ fn messages(format: LogFormat) -> Vec<Vec<u8>> {
                     format,
                     source_path: file.as_str().into(),
                     file_id: file.into(),
+                    log_line_prefix: None,
+                    log_timezone: None,
                 },
                 offset,
                 data,

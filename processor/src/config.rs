@@ -114,10 +114,12 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
-    /// The server's `log_line_prefix` (stderr logs). Default: `default_log_line_prefix`.
+    /// The server's `log_line_prefix` (stderr logs). Default: the one its records carry (the
+    /// shipper sends it), else `default_log_line_prefix`. Set it only to override the records.
     pub log_line_prefix: Option<String>,
-    /// IANA zone resolving zone abbreviations in its log times (`Europe/Berlin`). Default
-    /// none: only UTC/GMT and numeric offsets are accepted, anything else is dead-lettered.
+    /// IANA zone resolving zone abbreviations in its log times (`Europe/Berlin`). Default: the
+    /// one its records carry (the shipper's `log_timezone`), else none: only UTC/GMT and
+    /// numeric offsets are accepted, anything else is dead-lettered.
     pub timezone: Option<String>,
     /// Log formats to turn into rows. Default all; records of other formats are skipped and
     /// counted (ship one format per server, or name it here, so events are not tripled).
@@ -184,7 +186,8 @@ pub struct Config {
     pub drain_deadline_ms: u64,
     /// Prometheus endpoint address or `none`. Default `127.0.0.1:9188`.
     pub metrics_addr: String,
-    /// `log_line_prefix` of servers without their own. Default `%m [%p] `.
+    /// `log_line_prefix` of servers with none of their own here whose records carry none
+    /// (shippers older than the envelope's version 3). Default `%m [%p] `.
     pub default_log_line_prefix: String,
     /// Per-server parsing settings, keyed by server name. Default none.
     pub servers: BTreeMap<String, ServerSettings>,
@@ -350,13 +353,26 @@ impl Config {
         )
     }
 
-    /// Parsing settings of `server`.
+    /// Parsing settings of `server` when its records carry no settings of their own.
     pub fn server_format(&self, server: &str) -> Result<ServerFormat, ProcessorError> {
+        self.server_format_for(server, None, None)
+    }
+
+    /// Parsing settings of `server` for records that carry `sent_prefix` and `sent_zone` (the
+    /// server's `log_line_prefix` and `log_timezone` as its shipper was told them): the
+    /// server's settings here win, then what the records carry, then the defaults.
+    pub fn server_format_for(
+        &self,
+        server: &str,
+        sent_prefix: Option<&str>,
+        sent_zone: Option<&str>,
+    ) -> Result<ServerFormat, ProcessorError> {
         let s = self.servers.get(server);
         let prefix = s
             .and_then(|s| s.log_line_prefix.as_deref())
+            .or(sent_prefix)
             .unwrap_or(&self.default_log_line_prefix);
-        let zone = s.and_then(|s| s.timezone.as_deref());
+        let zone = s.and_then(|s| s.timezone.as_deref()).or(sent_zone);
         ServerFormat::new(prefix, zone).map_err(|e| config_err(format!("server {server}: {e}")))
     }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
-use pgtrail_avro::{LogFormat, RawRecordRef};
+use pgtrail_avro::{LogFormat, RawRecordRef, RecordSource};
 use serde::{Deserialize, Serialize};
 
 mod dedup;
@@ -129,8 +129,9 @@ struct Tag {
 
 /// The per-server view a partition needs.
 pub trait Servers {
-    /// Parsing settings of a server for a record of `format`.
-    fn format(&mut self, server: &str, format: LogFormat) -> Result<&ServerFormat, String>;
+    /// Parsing settings of a record's server (its name, its format, and the `log_line_prefix`
+    /// and `log_timezone` the record carries).
+    fn format(&mut self, source: &RecordSource) -> Result<&ServerFormat, String>;
     /// Whether records of `format` from `server` become rows.
     fn accepts(&self, server: &str, format: LogFormat) -> bool;
 }
@@ -302,7 +303,7 @@ impl Partition {
             Err(e) => (String::from_utf8_lossy(&data), Some(e)),
         };
         let parsed = servers
-            .format(&rec.source.server, format)
+            .format(&rec.source)
             .and_then(|server| parse_record(format, &raw, invalid, server));
         let (log, kind) = match parsed {
             Ok(p) => p,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use pgtrail_avro::{Decoder, LogFormat, RawRecordRef};
+use pgtrail_avro::{Decoder, LogFormat, RawRecordRef, RecordSource};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -35,37 +35,88 @@ use crate::partition::{Incoming, Outputs, Partition, Servers};
 use crate::telemetry::Metrics;
 use crate::topic_partition::TopicPartition;
 
-/// Parsing settings per server, compiled once.
+/// Compiled parsing settings of a server for the settings its records carry.
+struct Compiled {
+    server: Arc<str>,
+    prefix: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+    format: Result<ServerFormat, String>,
+}
+
+impl Compiled {
+    /// Whether these are the settings of `s` (the same shared texts: one comparison each).
+    fn of(&self, s: &RecordSource) -> bool {
+        let same = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        (Arc::ptr_eq(&self.server, &s.server) || self.server == s.server)
+            && same(&self.prefix, &s.log_line_prefix)
+            && same(&self.zone, &s.log_timezone)
+    }
+}
+
+/// Parsing settings per server and the settings its records carry, compiled once.
 struct ServerCache {
     cfg: Config,
-    compiled: foldhash::HashMap<String, Result<ServerFormat, String>>,
-    /// Servers whose stderr prefix's limitations were logged.
-    warned: foldhash::HashSet<String>,
+    compiled: Vec<Compiled>,
+    /// The entry of the last lookup (records of one file come in runs).
+    last: usize,
+    /// Servers and prefixes whose limitations were logged.
+    warned: foldhash::HashSet<(String, String)>,
+}
+
+impl ServerCache {
+    fn entry(&mut self, s: &RecordSource) -> usize {
+        if self.compiled.get(self.last).is_some_and(|c| c.of(s)) {
+            return self.last;
+        }
+        if let Some(i) = self.compiled.iter().position(|c| c.of(s)) {
+            self.last = i;
+            return i;
+        }
+        let format = self
+            .cfg
+            .server_format_for(
+                &s.server,
+                s.log_line_prefix.as_deref(),
+                s.log_timezone.as_deref(),
+            )
+            .map_err(|e| e.to_string());
+        self.compiled.push(Compiled {
+            server: Arc::clone(&s.server),
+            prefix: s.log_line_prefix.clone(),
+            zone: s.log_timezone.clone(),
+            format,
+        });
+        self.last = self.compiled.len() - 1;
+        self.last
+    }
 }
 
 impl Servers for ServerCache {
-    fn format(&mut self, server: &str, format: LogFormat) -> Result<&ServerFormat, String> {
-        if !self.compiled.contains_key(server) {
-            let f = self.cfg.server_format(server).map_err(|e| e.to_string());
-            self.compiled.insert(server.to_owned(), f);
-        }
-        match self.compiled.get(server) {
-            Some(Ok(f)) => {
-                if format == LogFormat::Stderr && !self.warned.contains(server) {
-                    self.warned.insert(server.to_owned());
-                    for limitation in f.prefix.limitations() {
-                        warn!(
-                            server,
-                            limitation,
-                            "This server's log_line_prefix limits what its stderr logs can tell."
-                        );
-                    }
+    fn format(&mut self, source: &RecordSource) -> Result<&ServerFormat, String> {
+        let i = self.entry(source);
+        let c = &self.compiled[i];
+        let f = c.format.as_ref().map_err(Clone::clone)?;
+        if source.format == LogFormat::Stderr {
+            let prefix = f.prefix.text().to_owned();
+            if self
+                .warned
+                .insert((source.server.to_string(), prefix.clone()))
+            {
+                for limitation in f.prefix.limitations() {
+                    warn!(
+                        server = &*source.server,
+                        log_line_prefix = prefix,
+                        limitation,
+                        "This server's log_line_prefix limits what its stderr logs can tell."
+                    );
                 }
-                Ok(f)
             }
-            Some(Err(e)) => Err(e.clone()),
-            None => Err(format!("server {server}: no settings")),
         }
+        Ok(f)
     }
 
     fn accepts(&self, server: &str, format: LogFormat) -> bool {
@@ -169,7 +220,8 @@ impl Worker {
         Worker {
             servers: ServerCache {
                 cfg: cfg.clone(),
-                compiled: HashMap::default(),
+                compiled: Vec::new(),
+                last: 0,
                 warned: foldhash::HashSet::default(),
             },
             cfg,

@@ -49,9 +49,12 @@ pub struct Cli {
     /// Records per second at most (0 = unlimited).
     #[arg(long)]
     pub max_records_per_sec: Option<u32>,
-    /// The server's `log_line_prefix` (locates the session id in stderr logs).
+    /// The server's `log_line_prefix` (locates the session id in stderr logs; sent with them).
     #[arg(long)]
     pub log_line_prefix: Option<String>,
+    /// IANA name of the server's `log_timezone` (e.g. `Europe/Berlin`), sent with every record.
+    #[arg(long)]
+    pub log_timezone: Option<String>,
     /// Address of the Prometheus metrics endpoint, `none` to disable.
     #[arg(long)]
     pub metrics_addr: Option<String>,
@@ -103,8 +106,12 @@ pub struct Config {
     pub logs: Vec<String>,
     /// Format of matched files. Default `auto`.
     pub format: FormatChoice,
-    /// The server's `log_line_prefix`. Default `%m [%p] ` (PostgreSQL's own default).
+    /// The server's `log_line_prefix`, sent with every stderr record. Default `%m [%p] `
+    /// (PostgreSQL's own default).
     pub log_line_prefix: String,
+    /// IANA name of the server's `log_timezone`, sent with every record (the processor
+    /// resolves zone abbreviations with it). Default none.
+    pub log_timezone: Option<String>,
     /// Kafka bootstrap servers. Default `localhost:9092`.
     pub brokers: String,
     /// Topic. Default `pgaudit.raw.<server>`.
@@ -162,6 +169,7 @@ impl Default for Config {
             logs: Vec::new(),
             format: FormatChoice::Auto,
             log_line_prefix: "%m [%p] ".into(),
+            log_timezone: None,
             brokers: "localhost:9092".into(),
             topic: None,
             create_topic: true,
@@ -242,6 +250,9 @@ impl Config {
         }
         if let Some(v) = c.log_line_prefix {
             self.log_line_prefix = v;
+        }
+        if c.log_timezone.is_some() {
+            self.log_timezone = c.log_timezone;
         }
         if let Some(v) = c.metrics_addr {
             self.metrics_addr = v;

@@ -140,6 +140,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
             server: cfg.server.clone(),
             host,
             log_line_prefix: cfg.log_line_prefix.clone(),
+            log_timezone: cfg.log_timezone.clone(),
             max_record_bytes: cfg.max_record_bytes,
         },
         chunk: Vec::with_capacity(cfg.read_chunk_bytes),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pgtrail_avro::LogFormat;
-use pgtrail_avro::record::{RecordSource, encode_source};
+use pgtrail_avro::record::{EncodedSource, RecordSource, encode_source};
 
 use crate::framer::Framer;
 use crate::key::KeyExtractor;
@@ -152,7 +152,7 @@ pub struct TailedFile {
     /// Session key finder.
     pub keys: KeyExtractor,
     /// Pre-encoded per-file part of the Avro envelope.
-    pub encoded_source: Vec<u8>,
+    pub encoded_source: EncodedSource,
 }
 
 /// Per-shipper facts every file's envelope carries.
@@ -162,8 +162,10 @@ pub struct SourceInfo {
     pub server: String,
     /// Host name.
     pub host: String,
-    /// The `log_line_prefix` for stderr keys.
+    /// The server's `log_line_prefix` (stderr keys; sent with stderr records).
     pub log_line_prefix: String,
+    /// IANA name of the server's `log_timezone`, sent with every record when known.
+    pub log_timezone: Option<String>,
     /// Largest record shipped whole.
     pub max_record_bytes: usize,
 }
@@ -268,7 +270,9 @@ impl TailedFile {
     }
 }
 
-fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str) -> Vec<u8> {
+/// The per-file part of every message of the file: a source describes itself, so the
+/// processor needs no per-server format settings (a stderr file carries its prefix).
+fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str) -> EncodedSource {
     encode_source(&RecordSource {
         server: info.server.as_str().into(),
         host: info.host.as_str().into(),
@@ -276,6 +280,9 @@ fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str
         format,
         source_path: path.to_string_lossy().into(),
         file_id: id_text.into(),
+        log_line_prefix: (format == LogFormat::Stderr)
+            .then(|| info.log_line_prefix.as_str().into()),
+        log_timezone: info.log_timezone.as_deref().map(Into::into),
     })
 }
 

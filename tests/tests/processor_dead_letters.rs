@@ -26,6 +26,8 @@ fn envelope(format: LogFormat, file: &str, offset: i64, data: &[u8]) -> Vec<u8> 
             format,
             source_path: format!("/logs/{file}").into(),
             file_id: file.into(),
+            log_line_prefix: None,
+            log_timezone: None,
         },
         offset,
         data: data.to_vec(),

@@ -26,6 +26,7 @@ enum Tok {
 /// A compiled `log_line_prefix`.
 #[derive(Debug, Clone)]
 pub struct Prefix {
+    text: String,
     toks: Vec<Tok>,
     zone: Option<Tz>,
 }
@@ -103,7 +104,16 @@ impl Prefix {
         if !lit.is_empty() {
             toks.push(Tok::Lit(lit));
         }
-        Ok(Prefix { toks, zone })
+        Ok(Prefix {
+            text: prefix.to_owned(),
+            toks,
+            zone,
+        })
+    }
+
+    /// The `log_line_prefix` it was compiled from.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// What records parsed with this prefix cannot carry, and what that costs (for the

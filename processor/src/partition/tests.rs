@@ -13,7 +13,7 @@ use crate::telemetry::Metrics;
 pub(crate) struct OnePrefix(pub ServerFormat);
 
 impl Servers for OnePrefix {
-    fn format(&mut self, _: &str, _: LogFormat) -> Result<&ServerFormat, String> {
+    fn format(&mut self, _: &RecordSource) -> Result<&ServerFormat, String> {
         Ok(&self.0)
     }
     fn accepts(&self, _: &str, _: LogFormat) -> bool {
@@ -36,6 +36,8 @@ pub(crate) fn record<'a>(
             format,
             source_path: Arc::from(format!("/log/{file}")),
             file_id: Arc::from(file),
+            log_line_prefix: None,
+            log_timezone: None,
         },
         offset,
         data: std::borrow::Cow::Borrowed(text.as_bytes()),

@@ -72,6 +72,8 @@ fn main() {
             } else {
                 format!("{path}#{copy}").into()
             },
+            log_line_prefix: None,
+            log_timezone: None,
         });
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
