@@ -1,7 +1,9 @@
 //! Checkpoints: per file identity, the offset up to which Kafka acknowledged every record.
 //!
-//! Owns the checkpoint file `<state_dir>/checkpoints.json` (versioned JSON), its atomic
-//! replacement (temp file, fsync, rename, fsync of the directory) and the state-directory lock.
+//! Owns the checkpoint file `<state_dir>/checkpoints.json` (versioned JSON: `{"version": 2,
+//! "files": [...]}`; version 1 files, keyed by `device:inode:fingerprint`, are read and
+//! rewritten keyed by the fingerprint), its atomic replacement (temp file, fsync, rename, fsync
+//! of the directory) and the state-directory lock.
 //! Invariants: an offset is only ever a record boundary whose records, and all before it, were
 //! acknowledged (the caller's [`crate::tailer::AckTracker`] guarantees it); a file on disk is
 //! always a complete earlier or later version, never a torn one. Must not: advance offsets on
@@ -17,13 +19,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ShipperError;
 
-/// Version of the checkpoint file layout written by this build.
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Version of the checkpoint file layout written by this build (2: files keyed by their
+/// first-line fingerprint; 1: by `device:inode:fingerprint`, read and converted).
+pub const CHECKPOINT_VERSION: u32 = 2;
 
 /// The checkpoint of one file identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCheckpoint {
-    /// File identity (`dev:ino:fingerprint`, see `tailer::FileId`).
+    /// File identity (its first-line fingerprint, see `tailer::FileId`).
     pub file_id: String,
     /// Last path the file was seen at (informational).
     pub path: String,
@@ -37,6 +40,28 @@ pub struct FileCheckpoint {
 struct OnDisk {
     version: u32,
     files: Vec<FileCheckpoint>,
+}
+
+/// Entries of a version 1 file keyed by their fingerprint (the part after the last `:`);
+/// entries of one file under several devices or inodes keep the furthest offset.
+fn from_v1(files: Vec<FileCheckpoint>) -> HashMap<String, FileCheckpoint> {
+    let mut out: HashMap<String, FileCheckpoint> = HashMap::new();
+    for mut f in files {
+        let key = f
+            .file_id
+            .rsplit(':')
+            .next()
+            .unwrap_or(&f.file_id)
+            .to_owned();
+        f.file_id.clone_from(&key);
+        match out.get_mut(&key) {
+            Some(e) if e.offset >= f.offset => e.updated_unix = e.updated_unix.max(f.updated_unix),
+            _ => {
+                out.insert(key, f);
+            }
+        }
+    }
+    out
 }
 
 /// All checkpoints of one shipper, plus the lock on its state directory.
@@ -74,7 +99,7 @@ impl Checkpoints {
                 dir: state_dir.to_owned(),
             });
         }
-        let entries = match std::fs::read(&path) {
+        let (entries, migrated) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|e| {
                     ShipperError::CheckpointCorrupt {
@@ -82,27 +107,32 @@ impl Checkpoints {
                         reason: e.to_string(),
                     }
                 })?;
-                if disk.version != CHECKPOINT_VERSION {
-                    return Err(ShipperError::CheckpointCorrupt {
-                        path,
-                        reason: format!(
-                            "version {} (this build reads {CHECKPOINT_VERSION})",
-                            disk.version
-                        ),
-                    });
+                match disk.version {
+                    1 => (from_v1(disk.files), true),
+                    CHECKPOINT_VERSION => (
+                        disk.files
+                            .into_iter()
+                            .map(|f| (f.file_id.clone(), f))
+                            .collect(),
+                        false,
+                    ),
+                    v => {
+                        return Err(ShipperError::CheckpointCorrupt {
+                            path,
+                            reason: format!(
+                                "version {v} (this build reads 1 and {CHECKPOINT_VERSION})"
+                            ),
+                        });
+                    }
                 }
-                disk.files
-                    .into_iter()
-                    .map(|f| (f.file_id.clone(), f))
-                    .collect()
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), false),
             Err(e) => return Err(io(e)),
         };
         Ok(Checkpoints {
             path,
             entries,
-            dirty: false,
+            dirty: migrated,
             last_write: None,
             _lock: lock,
         })
@@ -245,6 +275,31 @@ mod tests {
             Checkpoints::open(dir.path()),
             Err(ShipperError::CheckpointCorrupt { .. })
         ));
+    }
+
+    /// Item 6 of issue 17: version 1 keyed files by device and inode too, which change across
+    /// reboots and remounts; its entries are read keyed by the fingerprint alone.
+    #[test]
+    fn version_1_files_are_keyed_by_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("checkpoints.json"),
+            br#"{"version":1,"files":[
+                {"file_id":"803:1a2b:00000000000000ff","path":"/l/a.csv","offset":42,"updated_unix":5},
+                {"file_id":"fd01:77:00000000000000ff","path":"/l/a.csv","offset":40,"updated_unix":9},
+                {"file_id":"803:9:0000000000000abc","path":"/l/b.csv","offset":7,"updated_unix":5}]}"#,
+        )
+        .unwrap();
+        let mut c = Checkpoints::open(dir.path()).unwrap();
+        assert_eq!(
+            c.get("00000000000000ff")
+                .map(|f| (f.offset, f.updated_unix)),
+            Some((42, 9))
+        );
+        assert_eq!(c.get("0000000000000abc").map(|f| f.offset), Some(7));
+        assert!(c.write_if_dirty().unwrap(), "rewritten as version 2");
+        let text = std::fs::read_to_string(dir.path().join("checkpoints.json")).unwrap();
+        assert!(text.contains("\"version\": 2"), "{text}");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct Shipper {
     files: BTreeMap<u64, TailedFile>,
     by_inode: HashMap<(u64, u64), u64>,
     skipped: HashSet<(u64, u64)>,
+    /// Files with the identity of a file being shipped (copies): not opened.
+    copies: HashSet<(u64, u64)>,
     next_key: u64,
     files_seen: usize,
     ready: VecDeque<Outgoing>,
@@ -152,6 +154,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
         files: BTreeMap::new(),
         by_inode: HashMap::new(),
         skipped: HashSet::new(),
+        copies: HashSet::new(),
         next_key: 0,
         files_seen: 0,
         ready: VecDeque::new(),

@@ -1,8 +1,10 @@
 //! One tailed log file: identity, reading, framing and the acknowledgement frontier.
 //!
-//! Owns [`FileId`] (device, inode and a fingerprint of the first line: it survives rename and
-//! changes when a file name is reused or a file is rewritten in place), [`AckTracker`] (the
-//! in-order frontier of acknowledged records) and [`TailedFile`]. Invariants: `read_pos` only
+//! Owns [`FileId`] (a fingerprint of the first line: it survives rename, reboot, remount and
+//! a copy to another device, and changes when a file name is reused or a file is rewritten in
+//! place), [`AckTracker`] (the in-order frontier of acknowledged records) and [`TailedFile`]
+//! (which also knows its device and inode: they tell open files apart while running, and are
+//! never persisted). Invariants: `read_pos` only
 //! grows, except through [`TailedFile::check_rewritten`] which reports that the file must be
 //! dropped; the acknowledged offset is always a record boundary with every record before it
 //! acknowledged. Must not: talk to Kafka or write checkpoints (the pipeline does both).
@@ -22,20 +24,20 @@ use crate::key::KeyExtractor;
 /// Bytes of the first line that the fingerprint covers at most.
 pub const FINGERPRINT_BYTES: usize = 1024;
 
-/// Identity of a log file.
+/// Identity of a log file: what it holds, not where it lives. Device and inode numbers
+/// change across reboots and remounts (device-mapper minors, NFS, overlay) and when files are
+/// copied to another device, while PostgreSQL's first line of a log file (a millisecond
+/// timestamp and a process id) does not. Two files with the same first line are copies of one
+/// log: shipped once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
-    /// Device number.
-    pub dev: u64,
-    /// Inode number.
-    pub ino: u64,
     /// xxh3 of the first line (at most [`FINGERPRINT_BYTES`]).
     pub fingerprint: u64,
 }
 
 impl std::fmt::Display for FileId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}:{:x}:{:016x}", self.dev, self.ino, self.fingerprint)
+        write!(f, "{:016x}", self.fingerprint)
     }
 }
 
@@ -127,6 +129,8 @@ impl AckTracker {
 pub struct TailedFile {
     /// Identity.
     pub id: FileId,
+    /// Device and inode of the open file (this run only).
+    pub inode: (u64, u64),
     /// `id` as text (checkpoint key and envelope `file_id`).
     pub id_text: String,
     /// Path it was last seen at.
@@ -170,21 +174,38 @@ pub struct SourceInfo {
     pub max_record_bytes: usize,
 }
 
+/// A log file just opened.
+pub struct OpenedFile {
+    /// The open file.
+    pub file: File,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its device and inode.
+    pub inode: (u64, u64),
+    /// Its size.
+    pub size: u64,
+}
+
 impl TailedFile {
-    /// Starts tailing `file` at `offset` (a checkpoint or 0).
+    /// Starts tailing `opened` (identity `id`) at `offset` (a checkpoint or 0).
     pub fn new(
         id: FileId,
-        path: PathBuf,
+        opened: OpenedFile,
         format: LogFormat,
-        file: File,
         offset: u64,
-        size: u64,
         info: &SourceInfo,
     ) -> Self {
+        let OpenedFile {
+            file,
+            path,
+            inode,
+            size,
+        } = opened;
         let id_text = id.to_string();
         let encoded_source = source_bytes(info, format, &path, &id_text);
         TailedFile {
             id,
+            inode,
             id_text,
             format,
             file,
@@ -242,7 +263,7 @@ impl TailedFile {
         if meta.len() < self.read_pos {
             return Ok(Some("file shrank below the read position"));
         }
-        if meta.ino() != self.id.ino {
+        if meta.ino() != self.inode.1 {
             return Ok(None);
         }
         match read_head(&self.file)? {

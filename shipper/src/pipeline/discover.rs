@@ -2,8 +2,9 @@
 //! and rewrite detection, end-of-file flushes, closing finished files, periodic checkpoints.
 //!
 //! Owns nothing of its own: these are `Shipper` methods kept apart from the produce path.
-//! Invariants: a file is identified by (device, inode) while open and by [`FileId`] in
-//! checkpoints; a file that vanished from the globs is read to its end through its open
+//! Invariants: a file is identified by (device, inode) while open and by [`FileId`] (its first
+//! line) in checkpoints and messages, so a reboot, a remount or a copy to another device
+//! resumes where its checkpoint says; of two files with one identity only one is shipped; a file that vanished from the globs is read to its end through its open
 //! descriptor and closed only when every record is acknowledged; a truncated or rewritten
 //! file is dropped and rediscovered from offset 0 under its new identity. Must not: send to
 //! Kafka.
@@ -17,7 +18,7 @@ use tracing::{info, warn};
 
 use super::Shipper;
 use crate::error::ShipperError;
-use crate::tailer::{FileId, Head, TailedFile, read_head};
+use crate::tailer::{FileId, Head, OpenedFile, TailedFile, read_head};
 use crate::telemetry::{FileLabel, Metrics, ReasonLabel};
 
 impl Shipper {
@@ -25,6 +26,7 @@ impl Shipper {
     pub(super) fn scan(&mut self) {
         let mut present = std::collections::HashSet::new();
         let mut skipped_seen = std::collections::HashSet::new();
+        let mut copies_seen = std::collections::HashSet::new();
         let paths: Vec<PathBuf> = self
             .cfg
             .logs
@@ -62,9 +64,12 @@ impl Shipper {
                 present.insert(key);
             } else if self.skipped.contains(&inode) {
                 skipped_seen.insert(inode);
+            } else if self.copies.contains(&inode) {
+                copies_seen.insert(inode);
             }
         }
         self.skipped.retain(|i| skipped_seen.contains(i));
+        self.copies.retain(|i| copies_seen.contains(i));
         for (key, f) in &mut self.files {
             if !present.contains(key) && !f.gone {
                 info!(path = %f.path.display(), file_id = f.id_text, "File left the globs (rotated away or deleted); reading it to its end.");
@@ -104,12 +109,16 @@ impl Shipper {
                 return None;
             }
         };
-        let id = FileId {
-            dev: inode.0,
-            ino: inode.1,
-            fingerprint,
-        };
+        let id = FileId { fingerprint };
         let id_text = id.to_string();
+        if let Some(open) = self.files.values().find(|f| f.id == id) {
+            // A copy of a file being shipped (a rotated copy, logs copied aside): the same
+            // records under another name are shipped once; looked at again at every scan.
+            if self.copies.insert(inode) {
+                info!(path = %path.display(), same_as = %open.path.display(), file_id = id_text, "Same first line as a file being shipped: a copy, not shipped twice.");
+            }
+            return None;
+        }
         let mut offset = self.checkpoints.get(&id_text).map_or(0, |c| c.offset);
         if offset > len {
             warn!(path = %path.display(), file_id = id_text, checkpoint = offset, size = len, "File is shorter than its checkpoint (truncated while stopped); starting over.");
@@ -121,7 +130,13 @@ impl Shipper {
         let key = self.next_key;
         self.next_key += 1;
         self.files_seen += 1;
-        let f = TailedFile::new(id, path, format, file, offset, len, &self.info);
+        let opened = OpenedFile {
+            file,
+            path,
+            inode,
+            size: len,
+        };
+        let f = TailedFile::new(id, opened, format, offset, &self.info);
         self.checkpoints
             .set(&id_text, &f.path.to_string_lossy(), offset);
         self.files.insert(key, f);
@@ -149,7 +164,7 @@ impl Shipper {
 
     fn close(&mut self, key: u64, forget: bool) {
         if let Some(f) = self.files.remove(&key) {
-            self.by_inode.remove(&(f.id.dev, f.id.ino));
+            self.by_inode.remove(&f.inode);
             self.metrics.file_lag_bytes.remove(&FileLabel {
                 file: f.file_name(),
             });

@@ -1,0 +1,86 @@
+//! File identity across a "reboot" (issue 17, item 6): device and inode numbers change across
+//! reboots and remounts; here the same log files move to another device (a tmpfs) behind the
+//! same path. The shipper must resume from its checkpoints: nothing is shipped again. A copy
+//! of a log file beside it (same first line) is shipped once.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use pgtrail_tests::broker::Broker;
+use pgtrail_tests::consume::consume_all;
+use pgtrail_tests::pglogs::expected_records;
+use pgtrail_tests::process::{run_shipper_once, shipper_args};
+use pgtrail_tests::{WorkDir, workspace_root};
+
+fn copy_logs(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap().flatten() {
+        if f.path().extension().is_some_and(|e| e == "csv") {
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn files_on_another_device_are_not_shipped_again() {
+    let broker = Broker::start();
+    let work = WorkDir::new("identity");
+    let sample = workspace_root().join("tests/fixtures/sample/primary");
+    let disk = work.path().join("disk");
+    copy_logs(&sample, &disk);
+    let logs = work.path().join("logs");
+    std::os::unix::fs::symlink(&disk, &logs).unwrap();
+    let ship = shipper_args(
+        "identity",
+        &[format!("{}/*.csv", logs.display())],
+        &broker.bootstrap(),
+        &work.path().join("state"),
+        "%m [%p] ",
+    );
+    run_shipper_once(
+        &ship,
+        &work.path().join("shipper-1.log"),
+        Duration::from_secs(60),
+    );
+    let records = expected_records(&disk).len();
+    let topic = "pgaudit.raw.identity";
+    assert_eq!(
+        consume_all(&broker.bootstrap(), topic, records, Duration::from_secs(5)).len(),
+        records
+    );
+
+    // After the "reboot": the same files on another device, behind the same path, and a copy
+    // of one of them beside it.
+    let shm = tempfile::Builder::new()
+        .prefix("pgtrail-identity-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    copy_logs(&sample, shm.path());
+    let first = std::fs::read_dir(shm.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::copy(&first, shm.path().join("copy-of-first.csv")).unwrap();
+    std::fs::remove_file(&logs).unwrap();
+    std::os::unix::fs::symlink(shm.path(), &logs).unwrap();
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(dev(&disk), dev(shm.path()), "another device");
+    let log = run_shipper_once(
+        &ship,
+        &work.path().join("shipper-2.log"),
+        Duration::from_secs(60),
+    );
+    let shipped = consume_all(
+        &broker.bootstrap(),
+        topic,
+        records + 1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(shipped.len(), records, "nothing shipped again:\n{log}");
+    assert!(log.contains("a copy, not shipped twice"), "{log}");
+}
