@@ -77,6 +77,11 @@ pub struct Framer {
 }
 
 impl Framer {
+    /// The largest record kept whole.
+    pub fn max_record(&self) -> usize {
+        self.max_record
+    }
+
     /// A framer for `format` that starts at file offset `offset` (a record boundary).
     pub fn new(format: LogFormat, max_record_bytes: usize, offset: u64) -> Self {
         let scanner = match format {

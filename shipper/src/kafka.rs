@@ -1,7 +1,8 @@
 //! The Kafka side: an idempotent producer whose delivery reports come back as a channel.
 //!
-//! Owns [`KafkaSink`] (librdkafka `ThreadedProducer` with `enable.idempotence`, `acks=all`,
-//! infinite `message.timeout.ms` so librdkafka never expires a record on its own), topic
+//! Owns [`KafkaSink`] (librdkafka `ThreadedProducer` with `enable.idempotence`,
+//! `enable.gapless.guarantee`, `acks=all`, infinite `message.timeout.ms` so librdkafka never
+//! expires a record on its own), topic
 //! creation, and the translation of librdkafka callbacks into [`Delivery`] values and tracing
 //! events. Invariant: every record handed to [`KafkaSink::send`] yields exactly one
 //! [`Delivery`], success or error, so the pipeline can keep exact in-flight accounting.
@@ -16,7 +17,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use tokio::sync::mpsc;
 
@@ -55,10 +55,6 @@ pub struct DeliveryFailure {
     pub error: KafkaError,
     /// Whether sending again cannot help.
     pub permanent: bool,
-    /// Message key.
-    pub key: Vec<u8>,
-    /// Message value.
-    pub payload: Vec<u8>,
 }
 
 /// librdkafka callbacks → channel + tracing.
@@ -104,8 +100,6 @@ impl ProducerContext for SinkContext {
                 Err(DeliveryFailure {
                     permanent: is_permanent(error),
                     error: error.clone(),
-                    key: m.key().map(<[u8]>::to_vec).unwrap_or_default(),
-                    payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
                 }),
             ),
         };
@@ -121,6 +115,8 @@ impl ProducerContext for SinkContext {
     }
 }
 
+/// Whether sending the record again cannot help (the broker refuses this record or this
+/// producer). A fatal producer is not: it is replaced (`pipeline/recover.rs`).
 fn is_permanent(error: &KafkaError) -> bool {
     use RDKafkaErrorCode as C;
     matches!(
@@ -131,14 +127,14 @@ fn is_permanent(error: &KafkaError) -> bool {
                 | C::TopicAuthorizationFailed
                 | C::ClusterAuthorizationFailed
                 | C::InvalidRecord
-                | C::Fatal
         )
     )
 }
 
 /// Properties the shipper's guarantees depend on; a config may not override them.
-const PROTECTED: [&str; 4] = [
+const PROTECTED: [&str; 5] = [
     "enable.idempotence",
+    "enable.gapless.guarantee",
     "acks",
     "message.timeout.ms",
     "delivery.timeout.ms",
@@ -198,6 +194,9 @@ pub fn producer_config(s: &SinkSettings) -> Result<ClientConfig, ShipperError> {
     cfg.set("bootstrap.servers", &s.brokers)
         .set("client.id", &s.client_id)
         .set("enable.idempotence", "true")
+        // A failed batch makes the producer fatal instead of letting later batches of the
+        // partition through (a gap the processor would take for re-shipped records).
+        .set("enable.gapless.guarantee", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "0")
         .set("compression.type", "lz4")

@@ -4,10 +4,13 @@
 //! Owns [`Shipper`] and [`run`]. Invariants: a checkpoint moves only when Kafka acknowledged
 //! every record before it (at-least-once, never a gap); reading pauses while unacknowledged
 //! bytes exceed `max_in_flight_bytes` (backpressure), so memory stays bounded whatever Kafka
-//! does; a failed delivery is sent again, never dropped; one `select! { biased; }` loop on one
-//! thread owns all state. Must not: parse records beyond framing and session keys.
+//! does; a failed delivery is never dropped nor sent out of file order: the producer is
+//! replaced and files are read again from their acknowledged offsets (`pipeline/recover.rs`);
+//! one `select! { biased; }` loop on one thread owns all state. Must not: parse records beyond
+//! framing and session keys.
 
 mod discover;
+mod recover;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
@@ -68,7 +71,12 @@ pub struct Shipper {
     next_key: u64,
     files_seen: usize,
     ready: VecDeque<Outgoing>,
-    retry: VecDeque<(Instant, Outgoing)>,
+    /// A recovery from a failed delivery under way.
+    recovery: Option<recover::Recovery>,
+    /// Recoveries since a record was last acknowledged (their backoff).
+    recoveries: u32,
+    /// The delivery reports of a producer that replaced the old one, for the loop to take.
+    fresh_deliveries: Option<mpsc::UnboundedReceiver<Delivery>>,
     limiter: Option<DefaultDirectRateLimiter>,
     wait_until: Option<Instant>,
     in_flight_records: usize,
@@ -158,7 +166,9 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
         next_key: 0,
         files_seen: 0,
         ready: VecDeque::new(),
-        retry: VecDeque::new(),
+        recovery: None,
+        recoveries: 0,
+        fresh_deliveries: None,
         limiter,
         wait_until: None,
         in_flight_records: 0,
@@ -236,6 +246,7 @@ impl Shipper {
             }
             let pump = self.wants_pump();
             let wake = self.wait_until.unwrap_or(far);
+            let recovery = self.recovery_due();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -252,7 +263,11 @@ impl Shipper {
                 }
                 _ = poll.tick() => self.poll_files(),
                 _ = sleep_until(wake), if self.wait_until.is_some() => self.wait_until = None,
+                _ = sleep_until(recovery.unwrap_or(far)), if recovery.is_some() => self.recover()?,
                 _ = std::future::ready(()), if pump => self.pump()?,
+            }
+            if let Some(d) = self.fresh_deliveries.take() {
+                deliveries = d;
             }
         }
         self.drain(&mut deliveries).await
@@ -288,7 +303,7 @@ impl Shipper {
             }
         }
         self.checkpoints.write_if_dirty()?;
-        let drained = self.in_flight_records == 0 && self.retry.is_empty();
+        let drained = self.in_flight_records == 0 && !self.recovering();
         if drained {
             info!(records = self.shipped, "Drained; checkpoint written.");
         } else {
@@ -302,31 +317,23 @@ impl Shipper {
 
     fn all_shipped(&self) -> bool {
         self.ready.is_empty()
-            && self.retry.is_empty()
+            && !self.recovering()
             && self.in_flight_records == 0
             && self.files.values().all(|f| f.eof && f.is_drained())
     }
 
     fn wants_pump(&self) -> bool {
-        if self.wait_until.is_some() || self.in_flight_bytes >= self.cfg.max_in_flight_bytes {
+        if self.wait_until.is_some()
+            || self.recovering()
+            || self.in_flight_bytes >= self.cfg.max_in_flight_bytes
+        {
             return false;
         }
-        let now = Instant::now();
-        !self.ready.is_empty()
-            || self.retry.front().is_some_and(|(t, _)| *t <= now)
-            || self.files.values().any(|f| !f.eof)
+        !self.ready.is_empty() || self.files.values().any(|f| !f.eof)
     }
 
     /// Produces ready records and reads more, within a budget, without ever blocking.
     fn pump(&mut self) -> Result<(), ShipperError> {
-        let now = Instant::now();
-        while self.retry.front().is_some_and(|(t, _)| *t <= now) {
-            if let Some((_, out)) = self.retry.pop_front()
-                && !self.send(out)?
-            {
-                return Ok(());
-            }
-        }
         let mut budget = 4096usize;
         while budget > 0 {
             if self.in_flight_bytes >= self.cfg.max_in_flight_bytes {
@@ -386,6 +393,11 @@ impl Shipper {
                 self.wait_until = Some(Instant::now() + Duration::from_millis(50));
                 Ok(false)
             }
+            // The producer is unusable: replaced, and the record read again from its file.
+            Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                self.start_recovery(&e.to_string());
+                Ok(false)
+            }
             Err(e) => Err(ShipperError::DeliveryRefused {
                 topic: self.sink.topic().to_owned(),
                 file: self.file_text(out.file_key),
@@ -408,6 +420,7 @@ impl Shipper {
         match d.result {
             Ok(()) => {
                 self.shipped += 1;
+                self.delivered();
                 let label = Metrics::format(o.format);
                 self.metrics.records_shipped.get_or_create(&label).inc();
                 self.metrics
@@ -438,19 +451,8 @@ impl Shipper {
                     });
                     return;
                 }
-                warn!(file, offset, error = %fail.error, "Delivery failed; sending the record again.");
-                let out = Outgoing {
-                    file_key: o.file_key,
-                    seq: Some(o.seq),
-                    offset,
-                    end: o.end,
-                    format: o.format,
-                    record_len: o.record_len,
-                    key: fail.key,
-                    payload: fail.payload,
-                };
-                self.retry
-                    .push_back((Instant::now() + Duration::from_secs(1), out));
+                warn!(file, offset, error = %fail.error, "Delivery failed.");
+                self.start_recovery(&fail.error.to_string());
             }
         }
     }

@@ -273,6 +273,18 @@ impl TailedFile {
         }
     }
 
+    /// Goes back to the acknowledged offset (a record boundary): what was read after it is
+    /// read, framed and produced again. Returns whether anything is read again.
+    pub fn rewind(&mut self) -> bool {
+        let acked = self.acks.acked_offset();
+        let moved = self.read_pos != acked || self.framer.pending_bytes() > 0;
+        self.read_pos = acked;
+        self.framer = Framer::new(self.format, self.framer.max_record(), acked);
+        self.acks = AckTracker::new(acked);
+        self.eof = false;
+        moved
+    }
+
     /// Unacknowledged bytes of this file.
     pub fn lag_bytes(&self) -> u64 {
         self.size.saturating_sub(self.acks.acked_offset())

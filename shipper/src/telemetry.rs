@@ -53,8 +53,11 @@ pub struct Metrics {
     pub records_truncated: Family<FormatLabel, Counter>,
     /// Last records of a file shipped without a terminating newline after the timeout.
     pub partial_records_flushed: Family<FormatLabel, Counter>,
-    /// Delivery errors reported by Kafka (`retryable` ones are sent again).
+    /// Delivery errors reported by Kafka, by error code (non-permanent ones make the shipper
+    /// replace its producer and ship again from the acknowledged offsets).
     pub delivery_errors: Family<ReasonLabel, Counter>,
+    /// Producers replaced after a failed delivery or a fatal producer error.
+    pub producer_recoveries: Counter,
     /// Files skipped (binary content...).
     pub files_skipped: Family<ReasonLabel, Counter>,
     /// Files found shrunk or rewritten in place and read again from the start.
@@ -117,6 +120,11 @@ impl Metrics {
             "delivery_errors",
             "Delivery errors reported by Kafka",
             self.delivery_errors.clone(),
+        );
+        r.register(
+            "producer_recoveries",
+            "Producers replaced after a failed delivery (files shipped again from acknowledged offsets)",
+            self.producer_recoveries.clone(),
         );
         r.register(
             "files_skipped",

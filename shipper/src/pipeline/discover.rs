@@ -221,14 +221,11 @@ impl Shipper {
         }
     }
 
-    /// Checkpoint tick: write moved checkpoints, refresh gauges, report progress, surface a
-    /// fatal producer error.
+    /// Checkpoint tick: write moved checkpoints, refresh gauges, report progress, recover from
+    /// a fatal producer error.
     pub(super) fn checkpoint(&mut self) -> Result<(), ShipperError> {
         if let Some(reason) = self.sink.fatal_error() {
-            return Err(ShipperError::KafkaSetup {
-                topic: self.sink.topic().to_owned(),
-                reason: format!("producer failed fatally: {reason}"),
-            });
+            self.start_recovery(&format!("producer failed fatally: {reason}"));
         }
         self.checkpoints.prune(Duration::from_secs(
             self.cfg.checkpoint_retention_hours * 3600,
