@@ -68,3 +68,73 @@ pub fn parse_record<'a>(
         LogFormat::Stderr => stderr::parse_stderr_line(text, &server.prefix),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Records with `secret` in each field where a misaligned or broken record can carry
+    /// statement text.
+    fn broken_records(secret: &str) -> Vec<(LogFormat, String)> {
+        let csv = "2026-11-23 09:10:55.178 UTC,\"postgres\",\"postgres\",20732,\"[local]\",6b04031f.50fc,3,\"SELECT\",2026-11-23 09:10:55 UTC,4/4,0,LOG,00000,\"AUDIT: SESSION,1,1,READ,SELECT,,,SELECT 1,<none>\",,,,,,,,,\"psql\",\"client backend\",,0\n";
+        let mut out = Vec::new();
+        let cols: Vec<&str> = csv.trim_end().split(',').collect();
+        for i in 0..cols.len() {
+            let mut c = cols.clone();
+            c[i] = secret;
+            out.push((LogFormat::Csvlog, c.join(",") + "\n"));
+        }
+        for field in [
+            "timestamp",
+            "pid",
+            "line_num",
+            "session_start",
+            "txid",
+            "query_id",
+        ] {
+            out.push((
+                LogFormat::Jsonlog,
+                format!("{{\"timestamp\":\"2026-11-23 09:10:55.178 UTC\",\"{field}\":\"{secret}\",\"error_severity\":\"LOG\",\"message\":\"x\"}}\n"),
+            ));
+        }
+        out.push((LogFormat::Jsonlog, format!("{{\"message\": {secret}\n")));
+        out.push((LogFormat::Stderr, format!("{secret} [7] LOG:  x\n")));
+        out.push((
+            LogFormat::Stderr,
+            format!("2026-11-23 09:10:55.178 {secret} [7] LOG:  x\n"),
+        ));
+        out.push((
+            LogFormat::Stderr,
+            format!("2026-11-23 09:10:55.178 UTC [{secret}] LOG:  x\n"),
+        ));
+        out.push((
+            LogFormat::Stderr,
+            format!("2026-11-23 09:10:55.178 UTC [7] {secret}:  x\n"),
+        ));
+        out
+    }
+
+    proptest! {
+        /// Item 10 of issue 17: a record's text never reaches an error's reason (dead-letter
+        /// headers and logs): a stderr prefix mismatch copied up to 160 characters of the line.
+        #[test]
+        fn parse_errors_never_quote_the_record(secret in "zq[a-z]{10}") {
+            let server = ServerFormat::new("%m [%p] ", Some("Europe/Berlin")).expect("prefix");
+            for (format, text) in broken_records(&secret) {
+                if let Err(reason) = parse_record(format, &text, None, &server) {
+                    prop_assert!(!reason.contains(&secret), "{format}: {reason}");
+                }
+            }
+            for body in [
+                format!("AUDIT: SESSION,{secret},1,READ,SELECT,,,SELECT 1,<none>"),
+                format!("AUDIT: SESSION,1,{secret},READ,SELECT,,,SELECT 1,<none>"),
+                format!("AUDIT: SESSION,1,1,READ,SELECT,,,\"{secret}"),
+            ] {
+                if let Some(Err(reason)) = pgaudit::parse_audit(&body) {
+                    prop_assert!(!reason.contains(&secret), "{reason}");
+                }
+            }
+        }
+    }
+}

@@ -32,7 +32,7 @@ pub fn parse_csvlog(data: &str, zone: Option<Tz>) -> Result<LogRecord<'_>, Strin
         let v = &*v;
         v.parse()
             .map(Some)
-            .map_err(|_| format!("csvlog column {} is not a number: {v:?}", i + 1))
+            .map_err(|_| format!("csvlog column {} is not a number", i + 1))
     };
     let time = |i: usize, parse: TimeParser| -> Result<Option<DateTime<Utc>>, String> {
         let v = col(i);

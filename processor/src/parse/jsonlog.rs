@@ -71,9 +71,22 @@ fn ne(v: Option<Text<'_>>) -> Option<Text<'_>> {
     v.filter(|s| !s.is_empty())
 }
 
+/// What is wrong with a jsonlog record, and where; never a value (serde_json's own messages
+/// quote the value of a field of the wrong type, which can be a statement).
+fn json_err(e: serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not JSON",
+        Category::Data => "a field of the wrong type",
+        Category::Eof => "cut short",
+    };
+    format!("jsonlog: {what} at line {} column {}", e.line(), e.column())
+}
+
 /// Parses one jsonlog record (texts without escapes borrow from `data`).
 pub fn parse_jsonlog(data: &str, zone: Option<Tz>) -> Result<LogRecord<'_>, String> {
-    let j: Json = serde_json::from_str(data).map_err(|e| format!("jsonlog: {e}"))?;
+    let j: Json = serde_json::from_str(data).map_err(json_err)?;
     let time =
         |v: &Option<Text<'_>>, parse: TimeParser| v.as_deref().map(|s| parse(s, zone)).transpose();
     let location = match (&j.func_name, &j.file_name, j.file_line_num) {

@@ -113,7 +113,7 @@ fn parse_body(body: &str) -> Result<AuditEntry<'_>, String> {
     let int = |i: usize| {
         let v = f(i);
         v.parse::<i64>()
-            .map_err(|_| format!("pgaudit field {} is not a number: {v:?}", i + 1))
+            .map_err(|_| format!("pgaudit field {} is not a number", i + 1))
     };
     let command = static_or_owned(&f(4), &COMMANDS);
     let class = match (&*f(3), &*command) {

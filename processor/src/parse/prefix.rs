@@ -154,9 +154,13 @@ impl Prefix {
     /// the severity word.
     pub fn parse_into<'a>(&self, line: &'a str, rec: &mut LogRecord<'a>) -> Result<usize, String> {
         let mut caps = Captures::default();
-        let end = self
-            .match_from(0, line, 0, &mut caps)
-            .ok_or_else(|| format!("line does not match log_line_prefix: {:?}", truncate(line)))?;
+        let end = self.match_from(0, line, 0, &mut caps).ok_or_else(|| {
+            format!(
+                "a line of {} bytes does not match log_line_prefix {:?}",
+                line.len(),
+                self.text
+            )
+        })?;
         for (kind, raw) in caps.vals {
             self.apply(kind, raw.trim(), rec)?;
         }
@@ -215,7 +219,9 @@ impl Prefix {
             if v.is_empty() {
                 Ok(None)
             } else {
-                v.parse().map(Some).map_err(|_| format!("%{kind} {v:?}"))
+                v.parse()
+                    .map(Some)
+                    .map_err(|_| format!("%{kind} is not a number ({} bytes)", v.len()))
             }
         };
         match kind {
@@ -245,14 +251,6 @@ impl Prefix {
 
 fn spaces(s: &str) -> usize {
     s.bytes().take_while(|b| *b == b' ').count()
-}
-
-fn truncate(s: &str) -> &str {
-    let mut end = s.len().min(160);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Possible lengths of the value of escape `kind` at the start of `s`, most likely first.

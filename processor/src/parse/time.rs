@@ -9,16 +9,31 @@
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::{OffsetName, Tz};
 
-/// Parses a timestamp as PostgreSQL writes it in logs.
+/// A zone abbreviation as PostgreSQL writes it (`CEST`, `EST`, `-03`): quoted in errors;
+/// anything else is not (a misaligned field can hold statement text, which can hold
+/// passwords).
+fn abbreviation_text(a: &str) -> &str {
+    let plausible = (1..=6).contains(&a.len())
+        && a.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'+' || b == b'-');
+    if plausible { a } else { "(not a zone)" }
+}
+
+/// Parses a timestamp as PostgreSQL writes it in logs. Errors describe the value (its length,
+/// a zone abbreviation) but never quote it.
 pub fn parse_pg_time(s: &str, zone: Option<Tz>) -> Result<DateTime<Utc>, String> {
     let (local, abbrev) = s
         .trim()
         .rsplit_once(' ')
-        .ok_or_else(|| format!("timestamp {s:?} has no zone"))?;
+        .ok_or_else(|| format!("timestamp of {} bytes has no zone", s.len()))?;
     let naive = match fast_naive(local) {
         Some(n) => n,
-        None => NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S%.f")
-            .map_err(|e| format!("timestamp {s:?}: {e}"))?,
+        None => NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S%.f").map_err(|e| {
+            format!(
+                "timestamp of {} bytes is not YYYY-MM-DD HH:MM:SS[.f]: {e}",
+                s.len()
+            )
+        })?,
     };
     match abbrev {
         "UTC" | "GMT" | "Z" | "UCT" => return Ok(naive.and_utc()),
@@ -29,10 +44,11 @@ pub fn parse_pg_time(s: &str, zone: Option<Tz>) -> Result<DateTime<Utc>, String>
             .from_local_datetime(&naive)
             .single()
             .map(|d| d.with_timezone(&Utc))
-            .ok_or_else(|| format!("timestamp {s:?}: invalid local time"));
+            .ok_or_else(|| "timestamp: invalid local time".to_owned());
     }
+    let shown = abbreviation_text(abbrev);
     let tz = zone.ok_or_else(|| {
-        format!("timestamp {s:?}: zone abbreviation {abbrev} needs the server's IANA time zone (config `timezone`)")
+        format!("timestamp: zone abbreviation {shown} needs the server's IANA time zone (shipper `log_timezone` or processor `timezone`)")
     })?;
     let candidates: Vec<DateTime<Tz>> = tz
         .from_local_datetime(&naive)
@@ -40,12 +56,18 @@ pub fn parse_pg_time(s: &str, zone: Option<Tz>) -> Result<DateTime<Utc>, String>
         .into_iter()
         .chain(tz.from_local_datetime(&naive).latest())
         .collect();
+    if candidates.is_empty() {
+        return Err(format!("timestamp does not exist in {tz} (DST gap)"));
+    }
+    // Never a guess: an abbreviation that is not the zone's at that time means the zone
+    // configured is not the server's.
     candidates
         .iter()
         .find(|d| d.offset().abbreviation() == Some(abbrev))
-        .or(candidates.first())
         .map(|d| d.with_timezone(&Utc))
-        .ok_or_else(|| format!("timestamp {s:?} does not exist in {tz} (DST gap)"))
+        .ok_or_else(|| {
+            format!("timestamp: zone abbreviation {shown} is not {tz}'s at that time (is {tz} the server's log_timezone?)")
+        })
 }
 
 /// A timestamp parser of this module ([`parse_pg_time`], [`parse_session_start`]).
@@ -127,12 +149,11 @@ fn numeric_offset(s: &str) -> Option<FixedOffset> {
 /// `%n`: seconds since the epoch with milliseconds.
 pub fn parse_epoch(s: &str) -> Result<DateTime<Utc>, String> {
     let (secs, frac) = s.split_once('.').unwrap_or((s, "0"));
-    let secs: i64 = secs.parse().map_err(|_| format!("epoch {s:?}"))?;
-    let millis: u32 = format!("{frac:0<3}")[..3]
-        .parse()
-        .map_err(|_| format!("epoch {s:?}"))?;
+    let bad = || format!("epoch of {} bytes is not seconds.milliseconds", s.len());
+    let secs: i64 = secs.parse().map_err(|_| bad())?;
+    let millis: u32 = format!("{frac:0<3}")[..3].parse().map_err(|_| bad())?;
     DateTime::from_timestamp(secs, millis * 1_000_000)
-        .ok_or_else(|| format!("epoch {s:?} out of range"))
+        .ok_or_else(|| "epoch out of range".to_owned())
 }
 
 #[cfg(test)]
@@ -214,5 +235,17 @@ mod tests {
                 .unwrap_err()
                 .contains("gap")
         );
+    }
+
+    /// Item 10 of issue 17: an abbreviation that is not the configured zone's fell back to the
+    /// zone's offset silently, although this module promises never to guess.
+    #[test]
+    fn an_abbreviation_of_another_zone_is_an_error() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let err = parse_pg_time("2026-01-15 06:00:00 EST", Some(berlin)).unwrap_err();
+        assert!(err.contains("EST is not Europe/Berlin's"), "{err}");
+        // Words that are no zone are not quoted.
+        let err = parse_pg_time("2026-01-15 06:00:00 hunter2", Some(berlin)).unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }
