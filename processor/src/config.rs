@@ -228,6 +228,26 @@ impl Default for Config {
     }
 }
 
+/// A TOML error without the file's text: what is wrong and where (line, column). toml's own
+/// message quotes the offending line and serde's quote a value of the wrong type; either can
+/// be a secret written where it does not belong. Double-quoted parts of the message are left
+/// out; key names (in backticks) stay.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::new();
+    for (i, part) in e.message().split('"').enumerate() {
+        message.push_str(if i % 2 == 0 { part } else { "…" });
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", message.trim())
+        }
+        None => message.trim().to_owned(),
+    }
+}
+
 fn config_err(reason: impl Into<String>) -> ProcessorError {
     ProcessorError::Config {
         reason: reason.into(),
@@ -253,7 +273,7 @@ impl Config {
 
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| toml_error(text, &e))
     }
 
     fn apply(&mut self, a: &RunArgs) {
@@ -394,6 +414,22 @@ impl Config {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// Item 10 of issue 17: TOML errors quoted the offending line, which can hold a secret.
+    #[test]
+    fn config_errors_quote_no_value() {
+        for text in [
+            "flush_rows = \"hunter2\"\n",
+            "[kafka]\n\"sasl.password\" = hunter2\n",
+            "brokers = \"hunter2\nx",
+        ] {
+            let err = Config::from_toml(text).unwrap_err();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.starts_with("line "), "{err}");
+        }
+        let err = Config::from_toml("group = \"g\"\nbrokerz = \"x\"\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("brokerz"), "{err}");
+    }
 
     #[test]
     fn the_example_file_is_the_defaults() {

@@ -195,6 +195,26 @@ impl Default for Config {
     }
 }
 
+/// A TOML error without the file's text: what is wrong and where (line, column). toml's own
+/// message quotes the offending line and serde's quote a value of the wrong type; either can
+/// be a secret written where it does not belong. Double-quoted parts of the message are left
+/// out; key names (in backticks) stay.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::new();
+    for (i, part) in e.message().split('"').enumerate() {
+        message.push_str(if i % 2 == 0 { part } else { "…" });
+    }
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", message.trim())
+        }
+        None => message.trim().to_owned(),
+    }
+}
+
 impl Config {
     /// Reads the file named by `--config` (if any), applies the flags, validates.
     pub fn load(cli: &Cli) -> Result<Config, ShipperError> {
@@ -215,7 +235,7 @@ impl Config {
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, ShipperError> {
         toml::from_str(text).map_err(|e| ShipperError::Config {
-            reason: e.to_string(),
+            reason: toml_error(text, &e),
         })
     }
 
@@ -358,6 +378,18 @@ mod tests {
         assert_eq!(cfg.partial_record_timeout_ms, d.partial_record_timeout_ms);
         assert_eq!(cfg.metrics_addr, d.metrics_addr);
         assert_eq!(cfg.topic_partitions, d.topic_partitions);
+    }
+
+    /// Item 10 of issue 17: TOML errors quoted the offending line, which can hold a secret.
+    #[test]
+    fn config_errors_quote_no_value() {
+        for text in [
+            "max_records_per_sec = \"hunter2\"\n",
+            "[kafka_properties]\n\"sasl.password\" = hunter2\n",
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]
