@@ -84,3 +84,66 @@ fn files_on_another_device_are_not_shipped_again() {
     assert_eq!(shipped.len(), records, "nothing shipped again:\n{log}");
     assert!(log.contains("a copy, not shipped twice"), "{log}");
 }
+
+/// Issue 17, item 10: after an outage longer than `checkpoint_retention_hours` every
+/// checkpoint was older than the retention and was pruned before the first scan could mark
+/// the files still present, which were then shipped again from offset 0.
+#[test]
+fn checkpoints_older_than_the_retention_of_present_files_are_kept() {
+    use shipper::tailer::{Head, read_head};
+    let broker = Broker::start();
+    let work = WorkDir::new("retention");
+    let sample = workspace_root().join("tests/fixtures/sample/primary");
+    let logs = work.path().join("logs");
+    copy_logs(&sample, &logs);
+    // Every file shipped, a week ago.
+    let mut files = Vec::new();
+    for f in std::fs::read_dir(&logs).unwrap().flatten() {
+        let Head::Ready(fp) = read_head(&std::fs::File::open(f.path()).unwrap()).unwrap() else {
+            panic!("a first line")
+        };
+        files.push(serde_json::json!({
+            "file_id": format!("{fp:016x}"),
+            "path": f.path(),
+            "offset": f.metadata().unwrap().len(),
+            "updated_unix": 1_700_000_000u64,
+        }));
+    }
+    let state = work.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("checkpoints.json"),
+        serde_json::json!({"version": 2, "files": files}).to_string(),
+    )
+    .unwrap();
+    let mut ship = shipper_args(
+        "retention",
+        &[format!("{}/*.csv", logs.display())],
+        &broker.bootstrap(),
+        &state,
+        "%m [%p] ",
+    );
+    let config = work.path().join("shipper.toml");
+    std::fs::write(
+        &config,
+        "checkpoint_retention_hours = 1\ncheckpoint_interval_ms = 50\n",
+    )
+    .unwrap();
+    ship.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+    let log = run_shipper_once(
+        &ship,
+        &work.path().join("shipper.log"),
+        Duration::from_secs(60),
+    );
+    let shipped = consume_all(
+        &broker.bootstrap(),
+        "pgaudit.raw.retention",
+        1,
+        Duration::from_secs(3),
+    );
+    assert!(
+        shipped.is_empty(),
+        "{} records shipped again:\n{log}",
+        shipped.len()
+    );
+}

@@ -227,9 +227,13 @@ impl Shipper {
         if let Some(reason) = self.sink.fatal_error() {
             self.start_recovery(&format!("producer failed fatally: {reason}"));
         }
-        self.checkpoints.prune(Duration::from_secs(
-            self.cfg.checkpoint_retention_hours * 3600,
-        ));
+        // Only once the globs were evaluated: after a long outage every checkpoint is older
+        // than the retention, and the first scan marks those of files still present.
+        if self.scanned {
+            self.checkpoints.prune(Duration::from_secs(
+                self.cfg.checkpoint_retention_hours * 3600,
+            ));
+        }
         if self.checkpoints.write_if_dirty()? {
             self.metrics.checkpoint_writes.inc();
         }
