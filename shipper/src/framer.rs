@@ -161,21 +161,34 @@ impl Framer {
     }
 
     /// Emits the pending bytes as one record (end of a file, or a final record that never got
-    /// its newline). Does nothing when nothing is pending.
+    /// its newline). Does nothing when nothing is pending. When the bytes do not end where a
+    /// record may end (a record cut mid-way, e.g. inside a quoted csvlog field), the scanner
+    /// keeps its state: should the writer complete the record after all, the rest is framed
+    /// as the rest of that record (quote state included), and the records after it as
+    /// before.
     pub fn flush<F: FnMut(Frame<'_>) + ?Sized>(&mut self, emit: &mut F) {
         if self.pending_bytes() > 0 {
-            self.emit_pending(emit);
+            let complete = self.scanner.get_ref().at_record_end();
+            self.emit(emit, complete);
         }
     }
 
     fn emit_pending<F: FnMut(Frame<'_>) + ?Sized>(&mut self, emit: &mut F) {
+        self.emit(emit, true);
+    }
+
+    /// Emits the pending bytes; `complete`: they end at a record boundary (the scanner starts
+    /// over).
+    fn emit<F: FnMut(Frame<'_>) + ?Sized>(&mut self, emit: &mut F, complete: bool) {
         let len = self.buf.len() as u64 + self.dropped;
         emit(frame(self.buf_offset, &self.buf, len, self.max_record));
         self.buf_offset += len;
         self.buf.clear();
         self.scanned = 0;
         self.dropped = 0;
-        self.scanner.get().reset();
+        if complete {
+            self.scanner.get().reset();
+        }
     }
 }
 
@@ -193,6 +206,29 @@ fn frame(offset: u64, data: &[u8], len: u64, max: usize) -> Frame<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 17, item 10: an idle flush of a csvlog record cut inside a quoted field reset the
+    /// quote state; when the writer then completed the record, its rest and the records
+    /// after it were framed with the quotes inverted.
+    #[test]
+    fn a_record_completed_after_an_idle_flush_keeps_its_quote_state() {
+        let mut f = Framer::new(LogFormat::Csvlog, 1 << 20, 0);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut emit = |fr: Frame<'_>| out.push(fr.data.to_vec());
+        f.feed(b"0,\"a\"\n1,\"b\nc", &mut emit);
+        f.flush(&mut emit);
+        f.feed(b"d\",x\n2,\"e\nf\",y\n", &mut emit);
+        let texts: Vec<&[u8]> = out.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            texts,
+            [
+                &b"0,\"a\"\n"[..],
+                b"1,\"b\nc",
+                b"d\",x\n",
+                b"2,\"e\nf\",y\n"
+            ]
+        );
+    }
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Owned {
