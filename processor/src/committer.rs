@@ -121,6 +121,8 @@ pub struct Committer {
     failpoints: Arc<Failpoints>,
     /// Whether old unnamed state objects were swept since this committer was opened.
     swept: bool,
+    /// Write partitions of a topic another group wrote into this table (`allow_new_group`).
+    allow_new_group: bool,
 }
 
 impl Committer {
@@ -130,6 +132,18 @@ impl Committer {
         group: &str,
         checkpoint_interval: u64,
         failpoints: Arc<Failpoints>,
+    ) -> Result<Committer, ProcessorError> {
+        Self::open_with(uri, group, checkpoint_interval, failpoints, false).await
+    }
+
+    /// [`Committer::open`]; `allow_new_group`: write partitions of a topic that another
+    /// consumer group wrote into this table.
+    pub async fn open_with(
+        uri: &str,
+        group: &str,
+        checkpoint_interval: u64,
+        failpoints: Arc<Failpoints>,
+        allow_new_group: bool,
     ) -> Result<Committer, ProcessorError> {
         let table = AuditTable::open_or_create_with(uri, checkpoint_interval).await?;
         let states = StateStore::new(table.object_store(), uri, group);
@@ -141,6 +155,7 @@ impl Committer {
             states,
             failpoints,
             swept: false,
+            allow_new_group,
         })
     }
 
@@ -172,6 +187,7 @@ impl Committer {
             self.table.refresh().await?;
             let token = self.token(tp).await?;
             let Some(version) = token.version else {
+                self.check_no_other_group(tp).await?;
                 return Ok(Resume::default());
             };
             let Some(id) = token.state else {
@@ -205,6 +221,45 @@ impl Committer {
                 checkpoint: Some(checkpoint),
             });
         }
+    }
+
+    /// A partition this group never wrote: refuses when another group wrote its topic into
+    /// this table (this group would start from the topic's beginning and write every row
+    /// again), unless `allow_new_group`.
+    async fn check_no_other_group(&self, tp: &TopicPartition) -> Result<(), ProcessorError> {
+        if self.allow_new_group || self.table.version().is_none_or(|v| v == 0) {
+            return Ok(());
+        }
+        let mut others = self.states.other_groups_of(&tp.topic).await?;
+        // Tables written before state objects: the commit info names group and topic.
+        for (_, meta) in self.table.recent_metadata(LEGACY_HISTORY).await? {
+            let group = meta
+                .get("group")
+                .and_then(|g| g.as_str())
+                .unwrap_or_default();
+            let has_topic = meta
+                .get("partitions")
+                .and_then(|p| p.as_array())
+                .is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p.get("topic").and_then(|t| t.as_str()) == Some(&*tp.topic))
+                });
+            if has_topic && group != self.group && !others.iter().any(|o| o == group) {
+                others.push(group.to_owned());
+            }
+        }
+        if others.is_empty() {
+            return Ok(());
+        }
+        Err(ProcessorError::Config {
+            reason: format!(
+                "table {} holds rows of {} written by consumer group {}; group {} would write them again. Process it with that group, into another table (table_suffix, [tables]), or set allow_new_group = true",
+                self.uri(),
+                tp.topic,
+                others.join(", "),
+                self.group
+            ),
+        })
     }
 
     fn state_err(&self, reason: String) -> ProcessorError {

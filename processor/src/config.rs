@@ -133,10 +133,15 @@ pub struct Config {
     /// Kafka bootstrap servers. Default `localhost:9092`.
     pub brokers: String,
     /// Consumer group id; also part of every `txn` application id. Default
-    /// `pgtrail-processor`. Changing it makes the processor start the topics from the
-    /// beginning again (dropping what the table already holds by source coordinates only
-    /// within the dedup memory), so don't.
+    /// `pgtrail-processor`. A table's positions and dedup memory belong to the group that
+    /// wrote them: a new group starts the topics from their beginning and would write every
+    /// row the table holds again, so the processor refuses to write a topic's partitions into
+    /// a table another group writes (see `allow_new_group`).
     pub group: String,
+    /// Write a topic's partitions into a table that holds rows of that topic from another
+    /// consumer group (they are written again: duplicates, unless the table was emptied).
+    /// Default false.
+    pub allow_new_group: bool,
     /// Topics; entries starting with `^` are regular expressions. Default
     /// `["^pgaudit\\.raw\\..*"]`.
     pub topics: Vec<String>,
@@ -202,6 +207,7 @@ impl Default for Config {
         Config {
             brokers: "localhost:9092".into(),
             group: "pgtrail-processor".into(),
+            allow_new_group: false,
             topics: vec![r"^pgaudit\.raw\..*".into()],
             topic_prefix: "pgaudit.raw.".into(),
             lake: "./lake".into(),

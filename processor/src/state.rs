@@ -189,6 +189,39 @@ impl StateStore {
             .collect())
     }
 
+    /// The other consumer groups with state objects beside this table whose newest object
+    /// holds a partition of `topic` (their partitions of it are theirs).
+    pub async fn other_groups_of(&self, topic: &str) -> Result<Vec<String>, ProcessorError> {
+        let root = Path::from_iter(["_pgtrail", "state"]);
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(|e| self.io("list groups", 0, e))?;
+        let mut out = Vec::new();
+        for prefix in listed.common_prefixes {
+            if prefix == self.dir {
+                continue;
+            }
+            let Some(group) = prefix.filename().map(str::to_owned) else {
+                continue;
+            };
+            let other = StateStore {
+                store: Arc::clone(&self.store),
+                table: self.table.clone(),
+                dir: prefix,
+            };
+            let newest = other.list().await?.into_iter().max_by_key(|(_, at)| *at);
+            if let Some((id, _)) = newest
+                && let Some(state) = other.read(id).await?
+                && state.partitions().iter().any(|c| *c.tp.topic == *topic)
+            {
+                out.push(group);
+            }
+        }
+        Ok(out)
+    }
+
     fn io(&self, what: &str, id: i64, e: deltalake::ObjectStoreError) -> ProcessorError {
         ProcessorError::StateIo {
             table: self.table.clone(),

@@ -290,3 +290,26 @@ async fn tables_of_older_processors_resume_from_the_commit_info() {
     assert!(l.fenced.is_empty());
     assert_eq!(offsets(dir.path()).await, (0..10).collect::<Vec<_>>());
 }
+
+/// Issue 17, item 10: a new consumer group on the same table started the topic from its
+/// beginning and wrote every row again (the config said its dedup memory would drop them).
+#[tokio::test]
+async fn another_group_is_refused_a_table_holding_its_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::default();
+    let mut a = open(dir.path(), "a", "").await;
+    a.commit(vec![part(0, Token::default(), 4, 0..5)], &metrics)
+        .await
+        .unwrap();
+    let mut b = open(dir.path(), "b", "").await;
+    let err = b.resume(&tp(1)).await.unwrap_err();
+    assert!(matches!(err, ProcessorError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("consumer group a"), "{err}");
+    // The same group, and another group when allowed, go on.
+    assert!(a.resume(&tp(1)).await.unwrap().checkpoint.is_none());
+    let uri = dir.path().join("t").to_string_lossy().into_owned();
+    let mut allowed = Committer::open_with(&uri, "b", 10, Arc::new(Failpoints::none()), true)
+        .await
+        .unwrap();
+    assert!(allowed.resume(&tp(1)).await.is_ok());
+}

@@ -42,11 +42,12 @@ impl Worker {
         }
         if slot.committer.is_none() {
             let uri = self.cfg.table_for_topic(topic);
-            let committer = self.rt.block_on(Committer::open(
+            let committer = self.rt.block_on(Committer::open_with(
                 &uri,
                 &self.cfg.group,
                 self.cfg.checkpoint_interval,
                 self.failpoints.clone(),
+                self.cfg.allow_new_group,
             ))?;
             info!(topic, table = uri, "Table ready.");
             slot.committer = Some(committer);
