@@ -11,15 +11,17 @@
 //! not: poll the consumer (the loop in `consumer.rs` does, and rebalance callbacks call in).
 
 mod commit;
+mod flush;
 mod probe;
 mod rows;
+mod servers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use pgtrail_avro::{Decoder, LogFormat, RawRecordRef, RecordSource};
+use pgtrail_avro::{Decoder, RawRecordRef};
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -30,99 +32,9 @@ use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::error::{ErrorClass, ProcessorError};
 use crate::failpoint::Failpoints;
-use crate::parse::ServerFormat;
-use crate::partition::{Incoming, Outputs, Partition, Servers};
+use crate::partition::{Incoming, Outputs, Partition};
 use crate::telemetry::Metrics;
 use crate::topic_partition::TopicPartition;
-
-/// Compiled parsing settings of a server for the settings its records carry.
-struct Compiled {
-    server: Arc<str>,
-    prefix: Option<Arc<str>>,
-    zone: Option<Arc<str>>,
-    format: Result<ServerFormat, String>,
-}
-
-impl Compiled {
-    /// Whether these are the settings of `s` (the same shared texts: one comparison each).
-    fn of(&self, s: &RecordSource) -> bool {
-        let same = |a: &Option<Arc<str>>, b: &Option<Arc<str>>| match (a, b) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-            (None, None) => true,
-            _ => false,
-        };
-        (Arc::ptr_eq(&self.server, &s.server) || self.server == s.server)
-            && same(&self.prefix, &s.log_line_prefix)
-            && same(&self.zone, &s.log_timezone)
-    }
-}
-
-/// Parsing settings per server and the settings its records carry, compiled once.
-struct ServerCache {
-    cfg: Config,
-    compiled: Vec<Compiled>,
-    /// The entry of the last lookup (records of one file come in runs).
-    last: usize,
-    /// Servers and prefixes whose limitations were logged.
-    warned: foldhash::HashSet<(String, String)>,
-}
-
-impl ServerCache {
-    fn entry(&mut self, s: &RecordSource) -> usize {
-        if self.compiled.get(self.last).is_some_and(|c| c.of(s)) {
-            return self.last;
-        }
-        if let Some(i) = self.compiled.iter().position(|c| c.of(s)) {
-            self.last = i;
-            return i;
-        }
-        let format = self
-            .cfg
-            .server_format_for(
-                &s.server,
-                s.log_line_prefix.as_deref(),
-                s.log_timezone.as_deref(),
-            )
-            .map_err(|e| e.to_string());
-        self.compiled.push(Compiled {
-            server: Arc::clone(&s.server),
-            prefix: s.log_line_prefix.clone(),
-            zone: s.log_timezone.clone(),
-            format,
-        });
-        self.last = self.compiled.len() - 1;
-        self.last
-    }
-}
-
-impl Servers for ServerCache {
-    fn format(&mut self, source: &RecordSource) -> Result<&ServerFormat, String> {
-        let i = self.entry(source);
-        let c = &self.compiled[i];
-        let f = c.format.as_ref().map_err(Clone::clone)?;
-        if source.format == LogFormat::Stderr {
-            let prefix = f.prefix.text().to_owned();
-            if self
-                .warned
-                .insert((source.server.to_string(), prefix.clone()))
-            {
-                for limitation in f.prefix.limitations() {
-                    warn!(
-                        server = &*source.server,
-                        log_line_prefix = prefix,
-                        limitation,
-                        "This server's log_line_prefix limits what its stderr logs can tell."
-                    );
-                }
-            }
-        }
-        Ok(f)
-    }
-
-    fn accepts(&self, server: &str, format: LogFormat) -> bool {
-        self.cfg.accepts(server, format)
-    }
-}
 
 /// The label of partitions waiting for the Schema Registry.
 fn wait_label() -> crate::telemetry::ReasonLabel {
@@ -147,6 +59,62 @@ struct Assigned {
     probe: probe::OffsetProbe,
     /// Waiting for the Schema Registry: paused until then, and the next wait.
     waiting: Option<(Instant, std::time::Duration)>,
+}
+
+impl Assigned {
+    /// The registry answered (a Confluent-framed record decoded): the partition waits no
+    /// more.
+    fn registry_answers(&mut self, tp: &TopicPartition, metrics: &Metrics) {
+        if self.waiting.take().is_some() {
+            info!(
+                topic = &*tp.topic,
+                partition = tp.partition,
+                "The schema registry answers again."
+            );
+            metrics
+                .partitions_waiting
+                .get_or_create(&wait_label())
+                .dec();
+        }
+    }
+
+    /// The registry cannot be reached to decode the message at `offset`: the partition waits
+    /// (0.5 s, doubling to 30 s) and reads that message again (the caller seeks and pauses).
+    fn wait_for_registry(
+        &mut self,
+        tp: &TopicPartition,
+        offset: i64,
+        e: &pgtrail_avro::AvroError,
+        metrics: &Metrics,
+    ) {
+        let wait = self
+            .waiting
+            .map_or(REGISTRY_WAIT, |(_, w)| (w * 2).min(REGISTRY_WAIT_MAX));
+        if self.waiting.is_none() {
+            metrics
+                .partitions_waiting
+                .get_or_create(&wait_label())
+                .inc();
+        }
+        self.waiting = Some((Instant::now() + wait, wait));
+        self.probe.retry_at(offset);
+        metrics.registry_errors.inc();
+        warn!(topic = &*tp.topic, partition = tp.partition, offset, retry_in_ms = wait.as_millis() as u64, error = %e, "The schema registry cannot be reached: waiting, then reading this message again.");
+    }
+}
+
+/// Decodes a message value in place. Only the Confluent framing may need the registry (I/O,
+/// on the runtime); the other needs none.
+fn decode<'p>(
+    rt: &Handle,
+    decoder: &Decoder,
+    payload: &'p [u8],
+) -> Result<RawRecordRef<'p>, pgtrail_avro::AvroError> {
+    if payload.first() == Some(&0) {
+        rt.block_on(decoder.decode_ref(payload))
+    } else {
+        decoder.decode_single_object_ref(payload)
+    }
 }
 
 /// First wait of a partition for an unreachable Schema Registry; doubled up to
@@ -177,7 +145,7 @@ pub struct Worker {
     rt: Handle,
     metrics: Metrics,
     decoder: Decoder,
-    servers: ServerCache,
+    servers: servers::ServerCache,
     failpoints: Arc<Failpoints>,
     tables: HashMap<String, commit::Slot>,
     parts: BTreeMap<TopicPartition, Assigned>,
@@ -196,6 +164,9 @@ pub struct Worker {
     pub totals: Totals,
     /// A fatal error raised inside a rebalance callback, for the loop to return.
     pub failed: Option<ProcessorError>,
+    /// Tables whose partitions are paused until their commit in flight settles, and those
+    /// partitions.
+    paused_tables: BTreeMap<String, Vec<TopicPartition>>,
     /// Seeks the loop must make.
     pub seeks: Vec<(TopicPartition, i64)>,
     /// Partitions the loop must pause (`true`) or resume (`false`), after the seeks.
@@ -218,12 +189,7 @@ impl Worker {
             rows::RowBuilder::inline()
         };
         Worker {
-            servers: ServerCache {
-                cfg: cfg.clone(),
-                compiled: Vec::new(),
-                last: 0,
-                warned: foldhash::HashSet::default(),
-            },
+            servers: servers::ServerCache::new(cfg.clone()),
             cfg,
             rt,
             metrics,
@@ -239,6 +205,7 @@ impl Worker {
             last_activity: Instant::now(),
             totals: Totals::default(),
             failed: None,
+            paused_tables: BTreeMap::new(),
             seeks: Vec::new(),
             pauses: Vec::new(),
         }
@@ -454,59 +421,31 @@ impl Worker {
                 });
             }
         }
-        // The record's bytes stay in the message: parsed in place, copied once into a row.
-        // Only the Confluent framing may need the registry (I/O): the other needs no runtime.
-        let decoded = if payload.first() == Some(&0) {
-            self.rt.block_on(self.decoder.decode_ref(payload))
-        } else {
-            self.decoder.decode_single_object_ref(payload)
-        };
-        let decoded: Result<RawRecordRef<'_>, String> = match decoded {
-            Ok(r) => {
-                if a.waiting.take().is_some() {
-                    info!(
-                        topic = &*tp.topic,
-                        partition = tp.partition,
-                        "The schema registry answers again."
-                    );
-                    self.metrics
-                        .partitions_waiting
-                        .get_or_create(&wait_label())
-                        .dec();
+        let decoded: Result<RawRecordRef<'_>, String> =
+            match decode(&self.rt, &self.decoder, payload) {
+                Ok(r) => {
+                    a.registry_answers(&tp, &self.metrics);
+                    Ok(r)
                 }
-                Ok(r)
-            }
-            Err(e) => match e.class() {
-                ErrorClass::Poison => Err(e.to_string()),
-                // The registry is away: this message waits (read again later), never a dead
-                // letter, never skipped.
-                ErrorClass::Retryable => {
-                    let wait = a
-                        .waiting
-                        .map_or(REGISTRY_WAIT, |(_, w)| (w * 2).min(REGISTRY_WAIT_MAX));
-                    if a.waiting.is_none() {
-                        self.metrics
-                            .partitions_waiting
-                            .get_or_create(&wait_label())
-                            .inc();
+                Err(e) => match e.class() {
+                    ErrorClass::Poison => Err(e.to_string()),
+                    // The registry is away: this message waits (read again later), never a
+                    // dead letter, never skipped.
+                    ErrorClass::Retryable => {
+                        a.wait_for_registry(&tp, offset, &e, &self.metrics);
+                        self.seeks.push((tp.clone(), offset));
+                        self.pauses.push((tp, true));
+                        return Ok(());
                     }
-                    a.waiting = Some((Instant::now() + wait, wait));
-                    a.probe.retry_at(offset);
-                    self.metrics.registry_errors.inc();
-                    warn!(topic = &*tp.topic, partition = tp.partition, offset, retry_in_ms = wait.as_millis() as u64, error = %e, "The schema registry cannot be reached: waiting, then reading this message again.");
-                    self.seeks.push((tp.clone(), offset));
-                    self.pauses.push((tp, true));
-                    return Ok(());
-                }
-                ErrorClass::Fatal => {
-                    return Err(ProcessorError::Decode {
-                        tp,
-                        offset,
-                        source: e,
-                    });
-                }
-            },
-        };
+                    ErrorClass::Fatal => {
+                        return Err(ProcessorError::Decode {
+                            tp,
+                            offset,
+                            source: e,
+                        });
+                    }
+                },
+            };
         match &decoded {
             Ok(r) => self.metrics.consumed(r.source.format.as_str()),
             Err(_) => self.metrics.consumed("unknown"),
@@ -565,131 +504,5 @@ impl Worker {
             a.rows.push(builder, row, now, offset).map_err(schema_err)?;
         }
         Ok(())
-    }
-
-    /// Time-driven work: releases idle partitions' held rows and commits tables that reached
-    /// a flush threshold (rows, bytes, interval).
-    pub fn tick<C: Consumer<X>, X: ConsumerContext>(
-        &mut self,
-        consumer: &C,
-    ) -> Result<(), ProcessorError> {
-        self.clock = (Instant::now(), Utc::now());
-        self.settle_finished(consumer)?;
-        self.nudge(consumer)?;
-        // Partitions whose wait for the registry is over are read again (and wait longer if
-        // it is still away).
-        let now = Instant::now();
-        for (tp, a) in self.parts.iter_mut() {
-            if let Some((until, wait)) = a.waiting
-                && until <= now
-            {
-                a.waiting = Some((now + REGISTRY_WAIT_MAX * 100, wait));
-                self.pauses.push((tp.clone(), false));
-            }
-        }
-        let window = Config::ms(self.cfg.outcome_window_ms);
-        self.release_each(|p, metrics, out| p.release_idle(window, metrics, out))?;
-        self.update_gauges();
-        let interval_due = self.last_commit.elapsed() >= Config::ms(self.cfg.flush_interval_ms);
-        let mut due: Vec<String> = Vec::new();
-        let mut per_topic: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-        for (tp, a) in &self.parts {
-            let e = per_topic.entry(&*tp.topic).or_default();
-            e.0 += a.rows.len();
-            e.1 += a.rows.bytes();
-        }
-        for (topic, (rows, bytes)) in per_topic {
-            if interval_due || rows >= self.cfg.flush_rows || bytes >= self.cfg.flush_bytes {
-                due.push(topic.to_owned());
-            }
-        }
-        for topic in due {
-            // In the background: parsing goes on; the table's next commit waits for it.
-            self.commit_topic(&topic, None, false, consumer)?;
-        }
-        if interval_due {
-            self.last_commit = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Partitions positioned a while ago that received nothing: asks the broker where they
-    /// end and seeks there when the broker cannot serve what is wanted (`probe.rs`).
-    fn nudge<C: Consumer<X>, X: ConsumerContext>(
-        &mut self,
-        consumer: &C,
-    ) -> Result<(), ProcessorError> {
-        for (tp, a) in self.parts.iter_mut().filter(|(_, a)| a.probe.nudge_due()) {
-            let timeout = std::time::Duration::from_secs(2);
-            let high = match consumer.fetch_watermarks(&tp.topic, tp.partition, timeout) {
-                Ok((_, high)) => high,
-                Err(e) => {
-                    warn!(topic = &*tp.topic, partition = tp.partition, error = %e, "Cannot read the partition's watermarks.");
-                    continue;
-                }
-            };
-            match a.probe.idle(high, a.partition.last_offset()) {
-                Some(probe::Verdict::Seek(to)) => {
-                    info!(
-                        topic = &*tp.topic,
-                        partition = tp.partition,
-                        high,
-                        seek = to,
-                        "Nothing arrived where the partition was positioned; reading from the broker's reported end."
-                    );
-                    self.seeks.push((tp.clone(), to));
-                }
-                Some(probe::Verdict::Reset { position }) => {
-                    return Err(ProcessorError::TopicReset {
-                        tp: tp.clone(),
-                        position,
-                        got: high,
-                    });
-                }
-                Some(_) | None => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Releases everything held (end of input) and commits every table.
-    pub fn finish_all<C: Consumer<X>, X: ConsumerContext>(
-        &mut self,
-        consumer: &C,
-    ) -> Result<(), ProcessorError> {
-        self.release_each(Partition::finish)?;
-        self.commit_all(None, consumer)
-    }
-
-    /// Lets `release` free held records of every partition and routes what it released.
-    fn release_each(
-        &mut self,
-        release: impl Fn(&mut Partition, &Metrics, &mut Outputs),
-    ) -> Result<(), ProcessorError> {
-        let now = Utc::now();
-        for (tp, a) in self.parts.iter_mut() {
-            let topic = &tp.topic;
-            let mut out = Outputs::default();
-            release(&mut a.partition, &self.metrics, &mut out);
-            Self::route(
-                &self.builder,
-                a,
-                topic,
-                out,
-                &mut self.dlq,
-                &self.metrics,
-                &mut self.totals,
-                now,
-            )?;
-        }
-        Ok(())
-    }
-
-    fn update_gauges(&self) {
-        let (held, buffered) = self.parts.values().fold((0, 0), |(h, b), a| {
-            (h + a.partition.held(), b + a.rows.len())
-        });
-        self.metrics.rows_held.set(held as i64);
-        self.metrics.rows_buffered.set(buffered as i64);
     }
 }

@@ -59,6 +59,11 @@ impl Worker {
             })
     }
 
+    /// Whether `topic`'s table has a commit in flight.
+    pub(super) fn committing(&self, topic: &str) -> bool {
+        self.tables.get(topic).is_some_and(|s| s.inflight.is_some())
+    }
+
     /// Waits for `topic`'s commit in flight (until `deadline`) and applies what it did.
     /// Returns `false` when the deadline passed first: the commit goes on in the background
     /// and is settled later.
