@@ -1,10 +1,16 @@
-//! A zombie processor (issue 17, item 3): instance A's commit passes its fencing check, then
-//! A stops (SIGSTOP, longer than its Kafka session) before the commit's log entry is written.
-//! The group gives A's partitions to instance B, which resumes from the table and commits.
-//! A comes back and its commit goes on: it must not write what B owns now (A finds B's
-//! commits and leaves those partitions out), or, when it lands first, B must find it and
-//! read the partitions again. B then drains the topic; the table holds exactly the rows of an
-//! undisturbed run and of an independent count, while PostgreSQL was writing throughout.
+//! A commit that outlives its instance's ownership (issue 17, items 2 and 3), while PostgreSQL
+//! writes and the shipper ships. Instance A's third commit passes its fencing check and then
+//! waits before writing its log entry (failpoint); meanwhile instance B takes A's partitions:
+//! - a *zombie*: A is stopped (SIGSTOP) longer than its Kafka session, the group gives all its
+//!   partitions to B;
+//! - a *revocation deadline*: B joins, the group takes some partitions from A, and A's
+//!   revocation deadline (2 s) passes while the commit waits: the commit goes on in the
+//!   background instead of being aborted and its rows written again.
+//!
+//! Either way A's commit goes on: it must not write what B wrote since (A finds B's commits
+//! and leaves those partitions out), or, when it lands first, B must find it and read the
+//! partitions again. B then drains the topic; the table holds exactly the rows of an
+//! undisturbed run and of an independent count.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,11 +24,23 @@ use pgtrail_tests::process::{
     Processor, Shipper, process_until_idle, run_shipper_once, shipper_args,
 };
 
-#[test]
-fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
+/// What happens to A while its commit waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disturbance {
+    /// A stops longer than its session: B gets every partition.
+    Zombie,
+    /// B joins: A gives some partitions up past its revocation deadline.
+    Revocation,
+}
+
+fn run(disturbance: Disturbance) {
     let broker = Broker::start();
     let mut cluster = PgCluster::start();
-    let work = WorkDir::new("zombie");
+    let name = match disturbance {
+        Disturbance::Zombie => "zombie",
+        Disturbance::Revocation => "revocation",
+    };
+    let work = WorkDir::new(name);
     let ship = shipper_args(
         "primary",
         &[format!("{}/*.csv", cluster.server_dir("primary").display())],
@@ -33,13 +51,12 @@ fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
     broker.create_topic("pgaudit.raw.primary", 3);
     let lake = work.path().join("lake");
     let config = work.path().join("processor.toml");
-    std::fs::write(&config, "flush_interval_ms = 300\nflush_rows = 500\n").unwrap();
-    let mut args = processor_args(
-        &broker.bootstrap(),
-        &lake,
-        "zombie",
-        &["pgaudit.raw.primary"],
-    );
+    std::fs::write(
+        &config,
+        "flush_interval_ms = 300\nflush_rows = 500\nrevoke_deadline_ms = 2000\n",
+    )
+    .unwrap();
+    let mut args = processor_args(&broker.bootstrap(), &lake, name, &["pgaudit.raw.primary"]);
     args.extend(["--config".into(), config.to_string_lossy().into_owned()]);
     pgtrail_tests::process::binary("pgtrail-processor");
 
@@ -56,8 +73,9 @@ fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
         "A reached its third commit:\n{}",
         a.log_text()
     );
-    // A stops longer than its session (10 s): the group moves its partitions to B.
-    a.signal("STOP");
+    if disturbance == Disturbance::Zombie {
+        a.signal("STOP");
+    }
     // B drains the topic at the end: it exits once every partition it has is idle.
     let mut b_args = args.clone();
     b_args.extend(["--exit-when-idle".into(), "10s".into()]);
@@ -67,7 +85,18 @@ fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
         "B took over and committed:\n{}",
         b.log_text()
     );
-    a.signal("CONT");
+    if disturbance == Disturbance::Zombie {
+        a.signal("CONT");
+    } else {
+        assert!(
+            a.wait_for_log(
+                "Deadline passed during a Delta commit",
+                Duration::from_secs(30)
+            ),
+            "A's revocation deadline passed during its commit:\n{}",
+            a.log_text()
+        );
+    }
     // A's commit goes on; one of them finds the other's commit.
     let found = |a: &Processor, b: &Processor| {
         a.log_text()
@@ -85,10 +114,17 @@ fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
         a.log_text(),
         b.log_text()
     );
-    // A has done its part; B takes its partitions back once A's session expired (a fresh
-    // member joining Tansu 0.6's group right after others left can stay without partitions,
-    // see ARCHITECTURE.md).
-    a.kill9();
+    // A has done its part. The zombie is killed: B takes its partitions back once its session
+    // expired (B already holds them all). A that gave up partitions stops gracefully and hands
+    // the rest to B through a rebalance (Tansu 0.6 can leave a member without partitions when
+    // another is expelled around a rebalance, see ARCHITECTURE.md).
+    match disturbance {
+        Disturbance::Zombie => a.kill9(),
+        Disturbance::Revocation => {
+            let status = a.terminate(Duration::from_secs(60));
+            assert!(status.success(), "A stopped: {status}");
+        }
+    }
     cluster.wait_stream();
     cluster.stop();
     shipper.kill9();
@@ -117,4 +153,14 @@ fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
         &table_uri(&reference_lake, "primary"),
         &expected_rows(&cluster.server_dir("primary")),
     );
+}
+
+#[test]
+fn a_zombie_commit_never_writes_what_the_new_owner_wrote() {
+    run(Disturbance::Zombie);
+}
+
+#[test]
+fn a_commit_past_the_revocation_deadline_goes_on_and_lands_once() {
+    run(Disturbance::Revocation);
 }
