@@ -320,6 +320,9 @@ fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str
 }
 
 #[cfg(test)]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
