@@ -4,6 +4,7 @@
 //! profile) and [`Shipper`] (a running `pgtrail-shipper`, killable with SIGKILL). Must not:
 //! call product code in-process; crash tests need real processes.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -193,6 +194,28 @@ impl Shipper {
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` on the metrics address it logged (`bound=`): status code and body; `None`
+    /// before it logged one or while it does not answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let log = self.log_text();
+        let addr = log.split("bound=").nth(1)?.split_whitespace().next()?;
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let code = text.split(' ').nth(1)?.parse().ok()?;
+        Some((code, text))
+    }
+
+    /// The value of the first sample on `/metrics` whose name (with labels) is `sample`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics")?;
+        body.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(name, _)| *name == sample)
+            .and_then(|(_, v)| v.parse().ok())
     }
 }
 

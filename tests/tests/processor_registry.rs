@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use pgtrail_tests::broker::Broker;
@@ -15,29 +14,6 @@ use pgtrail_tests::lake::{expected_rows, processor_args, read_rows, table_uri};
 use pgtrail_tests::process::{Processor, run_shipper_once, shipper_args};
 use pgtrail_tests::registry::FakeRegistry;
 use pgtrail_tests::{WorkDir, workspace_root};
-
-/// `GET path` on the processor's metrics address: status code and body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
-}
-
-/// The metrics address a processor logged.
-fn metrics_addr(log: &str) -> String {
-    log.split("bound=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned()
-}
 
 #[test]
 fn records_wait_for_the_schema_registry_and_none_is_dead_lettered() {
@@ -86,10 +62,9 @@ fn records_wait_for_the_schema_registry_and_none_is_dead_lettered() {
     // Longer than the idle exit: a partition waiting for the registry is not idle.
     std::thread::sleep(Duration::from_secs(8));
     assert!(p.running(), "still waiting:\n{}", p.log_text());
-    let addr = metrics_addr(&p.log_text());
-    let (code, body) = get(&addr, "/readyz");
+    let (code, body) = p.http_get("/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
-    let (_, metrics) = get(&addr, "/metrics");
+    let (_, metrics) = p.http_get("/metrics").unwrap();
     assert!(
         metrics.lines().any(
             |l| l.starts_with("pgtrail_processor_registry_errors_total ") && !l.ends_with(" 0")

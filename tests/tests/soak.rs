@@ -176,7 +176,7 @@ fn kill_9_shippers_and_two_processors_at_random_exact_rows() {
             p.kill9();
         }
     }
-    stop_processors(&mut slots);
+    stop_processors(&mut slots, 3 * topics.len());
     for (i, a) in shippers.iter().enumerate() {
         run_shipper_once(
             a,
@@ -202,23 +202,37 @@ fn kill_9_shippers_and_two_processors_at_random_exact_rows() {
     }
 }
 
-/// Ends the processors' lives so that the group is empty for the final drain: a killed
-/// instance stays a member until a live one's heartbeat gets it expelled (Tansu checks
-/// sessions only when a request arrives), so the survivor runs one session expiry more, then
-/// leaves on SIGTERM (LeaveGroup). Killing the last two members instead left the group forming
-/// around a dead member, and Tansu 0.6 then never gave the final instance a partition.
-fn stop_processors(slots: &mut [Slot]) {
+/// Ends the processors' lives with SIGTERM (each must drain and exit 0) so that the group is
+/// empty and leaderless for the final drain. A killed instance stays a member until a live
+/// one's heartbeat gets it expelled (Tansu checks sessions only when a request arrives), so
+/// the survivors run one session expiry more first. Tansu 0.6 keeps a forming group's leader
+/// after the leader left (ARCHITECTURE.md): the last instance leaves only once it leads a
+/// formed group again, holding every partition (the others gone, a dead one expelled), so
+/// that its LeaveGroup clears the leader.
+fn stop_processors(slots: &mut [Slot], partitions: usize) {
     if slots.iter().any(|s| s.restart_at.is_some()) {
         std::thread::sleep(SESSION_EXPIRY);
     }
-    for s in slots.iter_mut().filter(|s| s.processor) {
-        if let Some(p) = s.running.take() {
-            let status = p.terminate(Duration::from_secs(120));
-            assert!(
-                status.success(),
-                "{} exited with {status} on SIGTERM",
-                s.name
-            );
+    let mut live: Vec<(String, Processor)> = slots
+        .iter_mut()
+        .filter(|s| s.processor)
+        .filter_map(|s| Some((s.name.clone(), s.running.take()?)))
+        .collect();
+    while !live.is_empty() {
+        let (name, p) = live.remove(0);
+        if live.is_empty() {
+            // The last member: it leaves a formed group only once it leads it, holding all.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let assigned = "pgtrail_processor_partitions_assigned";
+            while p.metric(assigned) != Some(partitions as f64) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} never held every partition"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
+        let status = p.terminate(Duration::from_secs(120));
+        assert!(status.success(), "{name} exited with {status} on SIGTERM");
     }
 }
