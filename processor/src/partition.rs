@@ -11,8 +11,9 @@
 //! - rows from records after the safe offset may already be written: the checkpoint lists the
 //!   last offset processed and the pending ones, and a replay after a crash emits outputs only
 //!   for records past that last offset or pending then (each record's output exactly once);
-//! - the dedup memory committed is the one as of the safe offset, so a replay makes the same
-//!   decisions.
+//! - the dedup memory, the clocks (newest log times) and the sessions' released transactions
+//!   committed are the ones as of the safe offset, so a replay makes the same decisions (a
+//!   late outcome stays late, an outcome window closes at the same record).
 //!
 //! Must not: do I/O (the caller writes rows and dead letters).
 
@@ -23,63 +24,23 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
 use pgtrail_avro::{LogFormat, RawRecordRef, RecordSource};
-use serde::{Deserialize, Serialize};
 
+mod checkpoint;
 mod dedup;
 
+use checkpoint::Before;
+pub use checkpoint::{Anchor, Clock, PartitionCheckpoint, message_hash};
 pub use dedup::{DEDUP_FILES, DedupMemory, FileMark, file_key};
 
 use crate::audit::outcome::{Disposition, OutcomeTracker};
 use crate::audit::{AuditRow, Outcome, Source};
-use crate::parse::stderr::{Pushed, StderrAssembler};
+use crate::parse::stderr::{LineKind, Pushed, StderrAssembler};
 use crate::parse::{LogRecord, ServerFormat, parse_record};
 use crate::telemetry::Metrics;
 use crate::topic_partition::TopicPartition;
 
 /// How far behind the newest stderr log time an open record is considered complete.
 const STDERR_SETTLE: chrono::Duration = chrono::Duration::seconds(2);
-
-/// What a partition's commit records (in its state object, `state.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionCheckpoint {
-    /// The partition (stored as `topic` and `partition`).
-    #[serde(flatten)]
-    pub tp: TopicPartition,
-    /// The `txn` version: every record up to here is fully handled.
-    pub version: i64,
-    /// Last offset processed when committing (≥ version).
-    pub last: i64,
-    /// Offsets in (version, last] whose outputs were not written yet.
-    pub pending: Vec<i64>,
-    /// Dedup memory as of `version`: per file, the highest byte offset seen and when (Kafka
-    /// offset). Checkpoints of older processors hold a map of file → highest offset.
-    #[serde(deserialize_with = "dedup::deserialize_files")]
-    pub files: Vec<FileMark>,
-    /// The last message at or below `version`, to verify on resume that the topic is the one
-    /// read (absent in checkpoints of older processors).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anchor: Option<Anchor>,
-}
-
-/// A message of a partition: its offset and a hash of its key and value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Anchor {
-    /// Kafka offset.
-    pub offset: i64,
-    /// [`message_hash`] of the message.
-    pub hash: u64,
-}
-
-/// xxh3 of a message's value and key (what tells one message from another at an offset).
-pub fn message_hash(key: Option<&[u8]>, payload: &[u8]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(payload);
-    if let Some(k) = key {
-        h.update(&[0xff]);
-        h.update(k);
-    }
-    h.digest()
-}
 
 /// A record for the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,12 +110,13 @@ pub struct Partition {
     assembler: StderrAssembler<Tag>,
     tracker: OutcomeTracker,
     pending: BTreeMap<i64, u32>,
-    /// Per pending offset, the message before it (the anchor of a checkpoint whose version
-    /// it is); entries of offsets no longer pending are dropped at checkpoints.
-    anchors: BTreeMap<i64, Option<Anchor>>,
-    /// The last message pushed, and the one before it (while the current one is handled).
+    /// Per pending offset, the state just before it (what a checkpoint whose version is the
+    /// offset before records); entries of offsets no longer pending or straddling are dropped
+    /// at checkpoints.
+    befores: BTreeMap<i64, Before>,
+    /// The last message pushed, and the state before it (while the current one is handled).
     newest: Option<Anchor>,
-    before: Option<Anchor>,
+    before: Before,
     last: Option<i64>,
     last_activity: Instant,
     stderr_watermark: Option<DateTime<Utc>>,
@@ -181,7 +143,11 @@ impl Partition {
             pending: Vec::new(),
             files: Vec::new(),
             anchor: None,
+            clock: Clock::default(),
+            released: Vec::new(),
         });
+        let tracker =
+            OutcomeTracker::resumed(outcome_window, cp.version, cp.clock.log_time, cp.released);
         Partition {
             tp,
             committed,
@@ -189,14 +155,14 @@ impl Partition {
             replay_pending: cp.pending.into_iter().collect(),
             dedup: DedupMemory::new(cp.files, DEDUP_FILES),
             assembler: StderrAssembler::default(),
-            tracker: OutcomeTracker::new(outcome_window),
+            tracker,
             pending: BTreeMap::new(),
-            anchors: BTreeMap::new(),
+            befores: BTreeMap::new(),
             newest: cp.anchor,
-            before: None,
+            before: Before::default(),
             last: committed,
             last_activity: Instant::now(),
-            stderr_watermark: None,
+            stderr_watermark: cp.clock.stderr_time,
             released: Vec::new(),
         }
     }
@@ -211,9 +177,11 @@ impl Partition {
     }
 
     fn add_pending(&mut self, offset: i64) {
-        // A record pending again (a stderr record completed, then held) keeps its anchor.
+        // A record is first pending while its own message is handled (an open stderr record,
+        // a held entry, an unaudited failure); pending again (a stderr record completed, then
+        // held), it keeps that state.
         let before = self.before;
-        self.anchors.entry(offset).or_insert(before);
+        self.befores.entry(offset).or_insert(before);
         *self.pending.entry(offset).or_default() += 1;
     }
 
@@ -262,10 +230,13 @@ impl Partition {
             at,
         } = msg;
         self.last = Some(offset);
-        self.before = self.newest.replace(Anchor {
-            offset,
-            hash: message_hash(key, payload),
-        });
+        self.before = Before {
+            anchor: self.newest.replace(Anchor {
+                offset,
+                hash: message_hash(key, payload),
+            }),
+            clock: self.clock(),
+        };
         self.last_activity = at;
         let dead = |kind: &'static str, reason: String| DeadLetter {
             tp: self.tp.clone(),
@@ -328,39 +299,63 @@ impl Partition {
             offset: rec.offset,
             origin: offset,
         };
+        // The outcome window's clock moves as messages arrive (a stderr record may complete
+        // messages later) and rows past it are released once per message: a replay from any
+        // message meets the same windows at the same messages.
+        if let Some(t) = log.log_time {
+            self.tracker.observe(t);
+        }
         if format == LogFormat::Stderr {
-            if let Some(t) = log.log_time {
-                self.stderr_watermark = Some(self.stderr_watermark.map_or(t, |w| w.max(t)));
-            }
             // Held until its auxiliary lines arrived: the record owns its texts.
             let log = log.into_owned();
             let tag = Tag {
                 source,
                 raw: raw.into_owned(),
             };
-            // Only an open record is pending (until it is complete); a line attached to an
-            // open record has no output of its own, so its offset is handled once it is read.
-            let (mut completed, orphan) = match self.assembler.push(log, kind, tag) {
-                Pushed::Opened(previous) => {
-                    self.add_pending(offset);
-                    (previous.into_iter().collect(), None)
-                }
-                Pushed::Attached => (Vec::new(), None),
-                Pushed::Orphan(line) => (Vec::new(), Some(line)),
-            };
-            if let Some(w) = self.stderr_watermark {
-                completed.extend(self.assembler.finish_before(w - STDERR_SETTLE));
-            }
-            // Lines of a stderr record span messages: dead letters carry the record's text.
-            for (log, tag) in completed {
-                self.remove_pending(tag.source.origin);
-                self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
-            }
-            if let Some((log, tag)) = orphan {
-                self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
-            }
+            self.push_stderr(offset, log, kind, tag, metrics, out);
         } else {
             self.track(&log, &source, &raw, key, payload, metrics, out);
+        }
+        let mut released = std::mem::take(&mut self.released);
+        self.tracker.sweep(&mut released);
+        self.emit(&mut released, metrics, out);
+        if released.capacity() <= RELEASED_KEPT {
+            self.released = released;
+        }
+    }
+
+    /// Handles a stderr record (message `offset`) and the records it completes.
+    fn push_stderr(
+        &mut self,
+        offset: i64,
+        log: LogRecord<'static>,
+        kind: LineKind,
+        tag: Tag,
+        metrics: &Metrics,
+        out: &mut Outputs,
+    ) {
+        if let Some(t) = log.log_time {
+            self.stderr_watermark = Some(self.stderr_watermark.map_or(t, |w| w.max(t)));
+        }
+        // Only an open record is pending (until it is complete); a line attached to an open
+        // record has no output of its own, so its offset is handled once it is read.
+        let (mut completed, orphan) = match self.assembler.push(log, kind, tag) {
+            Pushed::Opened(previous) => {
+                self.add_pending(offset);
+                (previous.into_iter().collect::<Vec<_>>(), None)
+            }
+            Pushed::Attached => (Vec::new(), None),
+            Pushed::Orphan(line) => (Vec::new(), Some(line)),
+        };
+        if let Some(w) = self.stderr_watermark {
+            completed.extend(self.assembler.finish_before(w - STDERR_SETTLE));
+        }
+        // In a replayable order (not the map's).
+        completed.sort_by_key(|(l, t)| (l.log_time, t.source.origin));
+        // Lines of a stderr record span messages: dead letters carry the record's text.
+        for (log, tag) in completed.into_iter().chain(orphan) {
+            self.remove_pending(tag.source.origin);
+            self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
         }
     }
 
@@ -379,7 +374,7 @@ impl Partition {
     ) {
         let mut released = std::mem::take(&mut self.released);
         let offset = source.origin;
-        let disposition = self.tracker.push(log, source, raw, &mut released);
+        let disposition = self.tracker.push_record(log, source, raw, &mut released);
         match disposition {
             // Every row emitted releases one pending count of its origin.
             Disposition::Held | Disposition::UnauditedFailure => self.add_pending(offset),
@@ -432,7 +427,9 @@ impl Partition {
 
     /// Releases every pending record (end of input).
     pub fn finish(&mut self, metrics: &Metrics, out: &mut Outputs) {
-        for (log, tag) in self.assembler.finish() {
+        let mut open = self.assembler.finish();
+        open.sort_by_key(|(l, t)| (l.log_time, t.source.origin));
+        for (log, tag) in open {
             self.remove_pending(tag.source.origin);
             self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
         }
@@ -449,16 +446,30 @@ impl Partition {
         }
     }
 
+    fn clock(&self) -> Clock {
+        Clock {
+            log_time: self.tracker.watermark(),
+            stderr_time: self.stderr_watermark,
+        }
+    }
+
     /// The checkpoint of a commit at [`Partition::safe_offset`]; advances the dedup memory.
     pub fn checkpoint(&mut self) -> Option<PartitionCheckpoint> {
         let version = self.safe_offset()?;
         let pending = &self.pending;
-        self.anchors.retain(|o, _| pending.contains_key(o));
-        let anchor = match self.pending.keys().next() {
-            Some(first) => self.anchors.get(first).copied().flatten(),
-            None => self.newest,
-        }
-        .filter(|a| a.offset <= version);
+        self.befores.retain(|o, _| pending.contains_key(o));
+        let before = if Some(version) == self.last {
+            Before {
+                anchor: self.newest,
+                clock: self.clock(),
+            }
+        } else {
+            self.befores
+                .get(&(version + 1))
+                .copied()
+                .unwrap_or_default()
+        };
+        let anchor = before.anchor.filter(|a| a.offset <= version);
         self.dedup.advance_to(version);
         // Pending now and meant to be written, plus the previous run's pending records this
         // run has not reached yet; a replay emits exactly these within (version, last].
@@ -479,6 +490,8 @@ impl Partition {
             pending: pending.into_iter().collect(),
             files: self.dedup.stored(),
             anchor,
+            clock: before.clock,
+            released: self.tracker.released_as_of(version),
         })
     }
 

@@ -251,6 +251,15 @@ mod tests {
                 offset: 41,
                 hash: 0x1234_5678_9abc_def0,
             }),
+            clock: crate::partition::Clock {
+                log_time: chrono::DateTime::from_timestamp(1_764_650_000, 0),
+                stderr_time: None,
+            },
+            released: vec![crate::audit::outcome::ReleasedTx {
+                session: "6b04031f.4e20".into(),
+                vxid: 0xfeed_beef_dead_0001,
+                last_seen: chrono::DateTime::from_timestamp(1_764_649_990, 0),
+            }],
         }
     }
 

@@ -17,13 +17,17 @@
 //! released transaction is a *late outcome*: counted, never turned into a second row. Failed
 //! statements pgaudit never logged become FAILURE rows of their own. Invariants: every audit
 //! entry pushed is released exactly once; [`OutcomeTracker::held`] says how many are held, so
-//! the writer can keep Kafka offsets below the oldest held record. Must not: do I/O.
+//! the writer can keep Kafka offsets below the oldest held record; a tracker restored from
+//! [`OutcomeTracker::released_as_of`] and the watermark as of a Kafka offset decides every
+//! record after that offset as the original did (a late outcome stays late across a restart).
+//! Must not: do I/O.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use chrono::{DateTime, Duration, Utc};
 use foldhash::HashMap;
+use serde::{Deserialize, Serialize};
 
 use super::{AuditRow, Outcome, Source, audit_row, unaudited_failure_row};
 use crate::parse::LogRecord;
@@ -51,8 +55,10 @@ struct Session {
     /// the statement being run, never an older one.
     last_statement: Option<(i64, String)>,
     /// xxh3 of the session's last released vxids (integers compare fast; a collision could
-    /// at worst count an unaudited failure as a late outcome, at odds of 2^-64).
-    released_vxids: VecDeque<u64>,
+    /// at worst count an unaudited failure as a late outcome, at odds of 2^-64), each with the
+    /// Kafka offset of the record that released it (a row released, or an error): a resume
+    /// after that offset no longer has the record, so it starts with the memory.
+    released_vxids: VecDeque<(u64, i64)>,
     /// Newest log time of the session's records.
     last_seen: Option<DateTime<Utc>>,
     /// Without virtual transaction ids: the pgaudit statement id of the held rows.
@@ -79,23 +85,62 @@ impl Session {
     fn release_all(&mut self, out: &mut Vec<AuditRow>) {
         self.held_statement = None;
         while let Some(row) = self.held.pop_front() {
-            self.remember(row.vxid());
+            self.remember(row.vxid(), row.origin);
             out.push(row);
         }
     }
 
-    /// Remembers a released transaction (the last 64 per session). Rows are released in
-    /// transaction order, so the newest entry is checked first: the common repeat is O(1).
-    fn remember(&mut self, vxid: Option<&str>) {
+    fn released(&self, v: u64) -> bool {
+        self.released_vxids.iter().rev().any(|(h, _)| *h == v)
+    }
+
+    /// Remembers a released transaction (the last 64 per session) as of Kafka offset `at`
+    /// (the record that released it).
+    /// Rows are released in transaction order, so the newest entry is checked first: the
+    /// common repeat is O(1).
+    fn remember(&mut self, vxid: Option<&str>, at: i64) {
         let Some(v) = vxid.map(vxid_hash) else {
             return;
         };
-        if self.released_vxids.back() == Some(&v) || self.released_vxids.contains(&v) {
+        if self.released(v) {
             return;
         }
-        self.released_vxids.push_back(v);
+        self.released_vxids.push_back((v, at));
         if self.released_vxids.len() > 64 {
             self.released_vxids.pop_front();
+        }
+    }
+}
+
+/// A session's newest released transaction as of a Kafka offset: what a resumed tracker needs
+/// to tell a late outcome from an unaudited failure as the original run did. Stored as a
+/// JSON array `[session, vxid hash, last seen in µs since the epoch or null]`: a checkpoint
+/// holds one per session remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "ReleasedTxRepr", from = "ReleasedTxRepr")]
+pub struct ReleasedTx {
+    /// The session (`%c`, or `pid:` and the process id).
+    pub session: String,
+    /// xxh3 of the transaction's vxid.
+    pub vxid: u64,
+    /// The session's newest log time (when a quiet session is forgotten).
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+type ReleasedTxRepr = (String, u64, Option<i64>);
+
+impl From<ReleasedTx> for ReleasedTxRepr {
+    fn from(r: ReleasedTx) -> Self {
+        (r.session, r.vxid, r.last_seen.map(|t| t.timestamp_micros()))
+    }
+}
+
+impl From<ReleasedTxRepr> for ReleasedTx {
+    fn from((session, vxid, last_seen): ReleasedTxRepr) -> Self {
+        ReleasedTx {
+            session,
+            vxid,
+            last_seen: last_seen.and_then(DateTime::from_timestamp_micros),
         }
     }
 }
@@ -136,13 +181,73 @@ impl OutcomeTracker {
         }
     }
 
+    /// A tracker resuming after Kafka offset `position`, as the one that had handled every
+    /// record up to it had the newest log time `watermark` and the sessions' `released`.
+    /// Sessions are otherwise new: a `<previously logged>` entry of a statement logged before
+    /// `position` has no statement text.
+    pub fn resumed(
+        window: std::time::Duration,
+        position: i64,
+        watermark: Option<DateTime<Utc>>,
+        released: Vec<ReleasedTx>,
+    ) -> Self {
+        let mut t = OutcomeTracker::new(window);
+        t.watermark = watermark;
+        // Every push sweeps when the second changes, so the original swept at this second.
+        t.swept_at = watermark.map(|w| w.timestamp());
+        for r in released {
+            let s = t.sessions.entry(r.session).or_default();
+            s.released_vxids.push_back((r.vxid, position));
+            s.last_seen = r.last_seen;
+        }
+        t
+    }
+
+    /// Takes `t` into the newest log time seen (the reference of the outcome window),
+    /// before the record carrying it is pushed or even complete.
+    pub fn observe(&mut self, t: DateTime<Utc>) {
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+    }
+
+    /// The newest log time seen.
+    pub fn watermark(&self) -> Option<DateTime<Utc>> {
+        self.watermark
+    }
+
+    /// Per session, the newest transaction released by a record at or before `offset` (all
+    /// such records were handled: one not yet would be held, or open, so after `offset`).
+    /// Sessions forgotten or ended since are absent, as are ones that began after (a replay
+    /// from `offset` removes or begins them again at the same records); a session's
+    /// `last_seen` is its newest, which decides its forgetting as the original did: it was
+    /// not forgotten in between, or it would be new.
+    pub fn released_as_of(&self, offset: i64) -> Vec<ReleasedTx> {
+        let mut out: Vec<ReleasedTx> = self
+            .sessions
+            .iter()
+            .filter_map(|(key, s)| {
+                let (vxid, _) = s
+                    .released_vxids
+                    .iter()
+                    .rev()
+                    .find(|(_, at)| *at <= offset)?;
+                Some(ReleasedTx {
+                    session: key.clone(),
+                    vxid: *vxid,
+                    last_seen: s.last_seen,
+                })
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.session.cmp(&b.session));
+        out
+    }
+
     /// Rows held now.
     pub fn held(&self) -> usize {
         self.sessions.values().map(|s| s.held.len()).sum()
     }
 
-    /// Adds one parsed record (in per-session order; `raw` is its text as logged); appends
-    /// released rows to `out`.
+    /// Adds one parsed record (in per-session order; `raw` is its text as logged) and
+    /// releases what is past the outcome window; appends released rows to `out`.
     pub fn push(
         &mut self,
         rec: &LogRecord<'_>,
@@ -150,8 +255,22 @@ impl OutcomeTracker {
         raw: &str,
         out: &mut Vec<AuditRow>,
     ) -> Disposition {
+        let disposition = self.push_record(rec, src, raw, out);
+        self.sweep(out);
+        disposition
+    }
+
+    /// [`OutcomeTracker::push`] without the release of what is past the outcome window (the
+    /// caller sweeps at its own points: a partition once per Kafka message).
+    pub fn push_record(
+        &mut self,
+        rec: &LogRecord<'_>,
+        src: &Source,
+        raw: &str,
+        out: &mut Vec<AuditRow>,
+    ) -> Disposition {
         if let Some(t) = rec.log_time {
-            self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+            self.observe(t);
         }
         let key = session_key(rec);
         let session = match self.sessions.get_mut(key.as_ref()) {
@@ -171,11 +290,11 @@ impl OutcomeTracker {
         };
         while session.held.front().is_some_and(|r| !same_unit(r)) {
             if let Some(row) = session.held.pop_front() {
-                session.remember(row.vxid());
+                session.remember(row.vxid(), row.origin);
                 out.push(row);
             }
         }
-        let disposition = match parse_audit(&rec.message) {
+        match parse_audit(&rec.message) {
             Some(Err(reason)) => Disposition::Poison(reason),
             Some(Ok(entry)) => {
                 if tx.is_none() {
@@ -222,8 +341,8 @@ impl OutcomeTracker {
                 let late = rec
                     .vxid
                     .as_deref()
-                    .is_some_and(|v| session.released_vxids.contains(&vxid_hash(v)));
-                session.remember(rec.vxid.as_deref());
+                    .is_some_and(|v| session.released(vxid_hash(v)));
+                session.remember(rec.vxid.as_deref(), src.origin);
                 match (rec.query.is_some(), covered, late) {
                     (_, true, _) => Disposition::Skipped,
                     (_, false, true) => Disposition::LateOutcome,
@@ -242,15 +361,18 @@ impl OutcomeTracker {
                 }
                 Disposition::Skipped
             }
-        };
-        // Sweeping every session on every record would cost O(sessions) per record: once
-        // per second of log time (aligned, so a replay sweeps at the same points) is enough.
+        }
+    }
+
+    /// Releases rows past the outcome window when the newest log time entered another second
+    /// since the last sweep. Sweeping every session on every record would cost O(sessions)
+    /// per record: once per second of log time is enough.
+    pub fn sweep(&mut self, out: &mut Vec<AuditRow>) {
         let second = self.watermark.map(|w| w.timestamp());
         if second != self.swept_at {
             self.swept_at = second;
             self.release_expired(out);
         }
-        disposition
     }
 
     /// Releases rows older than the outcome window (relative to the newest log time seen).
@@ -264,7 +386,7 @@ impl OutcomeTracker {
                 .is_some_and(|r| r.event_time.is_none_or(|t| t < cutoff))
             {
                 if let Some(row) = s.held.pop_front() {
-                    s.remember(row.vxid());
+                    s.remember(row.vxid(), row.origin);
                     out.push(row);
                 }
             }

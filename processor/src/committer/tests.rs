@@ -43,6 +43,8 @@ fn checkpoint(p: i32, version: i64, last: i64) -> PartitionCheckpoint {
             seen: last,
         }],
         anchor: None,
+        clock: Default::default(),
+        released: Vec::new(),
     }
 }
 

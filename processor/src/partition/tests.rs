@@ -47,24 +47,35 @@ pub(crate) fn record<'a>(
     }
 }
 
-/// Pushes `lines` (one stderr record each, Kafka offsets from `first`) into `p`.
-fn push_stderr(p: &mut Partition, servers: &mut OnePrefix, first: i64, lines: &[&str]) -> Outputs {
+/// Pushes `records` (one message each, Kafka offsets from `first`, bytes of one file) into `p`.
+fn push_records(
+    p: &mut Partition,
+    servers: &mut OnePrefix,
+    format: LogFormat,
+    first: i64,
+    records: &[impl AsRef<str>],
+) -> Outputs {
     let metrics = Metrics::default();
     let mut out = Outputs::default();
     let mut byte = first * 1000;
-    for (i, line) in lines.iter().enumerate() {
+    for (i, text) in records.iter().map(AsRef::as_ref).enumerate() {
         let offset = first + i as i64;
-        let rec = record(LogFormat::Stderr, "f.log", byte, line);
-        byte += line.len() as i64;
+        let rec = record(format, "f.log", byte, text);
+        byte += text.len() as i64;
         let msg = Incoming {
             offset,
             key: None,
-            payload: line.as_bytes(),
+            payload: text.as_bytes(),
             at: Instant::now(),
         };
         p.push(msg, Ok(rec), servers, &metrics, &mut out);
     }
     out
+}
+
+/// Pushes `lines` (one stderr record each, Kafka offsets from `first`) into `p`.
+fn push_stderr(p: &mut Partition, servers: &mut OnePrefix, first: i64, lines: &[&str]) -> Outputs {
+    push_records(p, servers, LogFormat::Stderr, first, lines)
 }
 
 const ERROR_WITH_STATEMENT: [&str; 5] = [
@@ -121,4 +132,160 @@ fn orphan_continuation_lines_are_not_pending() {
         ],
     );
     assert_eq!(p.safe_offset(), Some(1));
+}
+
+/// A csvlog record of process `pid` (session `6b04031f.<pid>`).
+fn csv(ts: &str, pid: u32, vxid: &str, severity: &str, message: &str, query: &str) -> String {
+    let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        q(query)
+    };
+    format!(
+        "2026-11-23 09:{ts} UTC,\"postgres\",\"postgres\",{pid},\"[local]\",6b04031f.{pid:x},1,\"UPDATE\",2026-11-23 09:00:00 UTC,{vxid},0,{severity},{},{},,,,,,{query},,,\"psql\",\"client backend\",,0\n",
+        if severity == "LOG" { "00000" } else { "25P02" },
+        q(message),
+    )
+}
+
+/// Pushes csvlog `records` (Kafka offsets from `first`) into `p`.
+fn push_csv(p: &mut Partition, servers: &mut OnePrefix, first: i64, records: &[String]) -> Outputs {
+    push_records(p, servers, LogFormat::Csvlog, first, records)
+}
+
+/// Review of issue 17: the sessions' released transactions were not part of the checkpoint,
+/// so an error arriving after a restart for a transaction released before it (its statement
+/// outlived the outcome window; or a second error in a transaction an error already decided,
+/// `25P02`) became an extra unaudited FAILURE row instead of a late outcome.
+#[test]
+fn a_late_outcome_stays_late_across_a_restart() {
+    let window = Duration::from_secs(5);
+    let records = [
+        // Process 7: an audited UPDATE, released SUCCESS when process 8 logs 10 s later.
+        csv(
+            "10:50.000",
+            7,
+            "3/1",
+            "LOG",
+            "AUDIT: SESSION,1,1,WRITE,UPDATE,,,\"UPDATE t SET n = 1\",<none>",
+            "",
+        ),
+        csv(
+            "11:00.000",
+            8,
+            "4/1",
+            "LOG",
+            "connection authorized: user=postgres",
+            "",
+        ),
+        // Process 9: an audited INSERT that fails, decided FAILURE by its error.
+        csv(
+            "11:01.000",
+            9,
+            "5/1",
+            "LOG",
+            "AUDIT: SESSION,1,1,WRITE,INSERT,,,\"INSERT INTO t VALUES (1)\",<none>",
+            "",
+        ),
+        csv(
+            "11:01.001",
+            9,
+            "5/1",
+            "ERROR",
+            "division by zero",
+            "INSERT INTO t VALUES (1)",
+        ),
+        csv(
+            "11:01.500",
+            8,
+            "4/1",
+            "LOG",
+            "checkpoint starting: time",
+            "",
+        ),
+        // After the restart: the UPDATE's late failure, and the next statement of the
+        // aborted transaction refused.
+        csv(
+            "11:02.000",
+            7,
+            "3/1",
+            "ERROR",
+            "canceling statement due to statement timeout",
+            "UPDATE t SET n = 1",
+        ),
+        csv(
+            "11:02.001",
+            9,
+            "5/1",
+            "ERROR",
+            "current transaction is aborted",
+            "SELECT 1",
+        ),
+        csv("11:09.000", 8, "4/1", "LOG", "checkpoint complete", ""),
+    ];
+    let prefix = || OnePrefix(ServerFormat::new("%m [%p] ", None).expect("prefix"));
+    let tp = || crate::topic_partition::TopicPartition::new("t", 0);
+    let metrics = Metrics::default();
+    let rows = |out: &Outputs| -> Vec<(i64, String)> {
+        out.rows
+            .iter()
+            .map(|(r, o)| (*o, r.result.as_str().to_owned()))
+            .collect()
+    };
+
+    let mut undisturbed = Partition::new(tp(), None, None, window);
+    let mut out = push_csv(&mut undisturbed, &mut prefix(), 0, &records);
+    undisturbed.finish(&metrics, &mut out);
+    let expected = rows(&out);
+    assert_eq!(
+        expected,
+        [(0, "SUCCESS".to_owned()), (2, "FAILURE".to_owned())],
+        "late outcomes are counted, never rows"
+    );
+
+    let mut first = Partition::new(tp(), None, None, window);
+    let mut servers = prefix();
+    let before = push_csv(&mut first, &mut servers, 0, &records[..5]);
+    let cp = first.checkpoint().expect("checkpoint");
+    assert_eq!((cp.version, cp.last), (4, 4), "nothing pending");
+    let json = serde_json::to_string(&cp).expect("json");
+    let cp: super::PartitionCheckpoint = serde_json::from_str(&json).expect("back");
+    let mut resumed = Partition::new(tp(), Some(cp.version), Some(cp), window);
+    let mut after = push_csv(&mut resumed, &mut servers, 5, &records[5..]);
+    resumed.finish(&metrics, &mut after);
+    let mut got = rows(&before);
+    got.extend(rows(&after));
+    assert_eq!(got, expected, "a restart changes no row");
+}
+
+/// Review of issue 17: the safe offset must follow a session that runs statement after
+/// statement (each releases the one before), not wait for a moment with nothing held; a first
+/// version of the late-outcome fix kept it at the last quiet moment.
+#[test]
+fn the_safe_offset_follows_a_steady_stream_of_statements() {
+    let records: Vec<String> = (1..=50)
+        .map(|n| {
+            csv(
+                &format!("10:{:02}.000", n % 60),
+                7,
+                &format!("3/{n}"),
+                "LOG",
+                &format!("AUDIT: SESSION,{n},1,WRITE,UPDATE,,,\"UPDATE t SET n = {n}\",<none>"),
+                "",
+            )
+        })
+        .collect();
+    let mut servers = OnePrefix(ServerFormat::new("%m [%p] ", None).expect("prefix"));
+    let mut p = Partition::new(
+        crate::topic_partition::TopicPartition::new("t", 0),
+        None,
+        None,
+        Duration::from_secs(60),
+    );
+    let out = push_csv(&mut p, &mut servers, 0, &records);
+    assert_eq!(out.rows.len(), 49, "each statement released by the next");
+    assert_eq!(p.safe_offset(), Some(48), "only the last one is held");
+    let cp = p.checkpoint().expect("checkpoint");
+    assert_eq!((cp.version, cp.released.len()), (48, 1));
 }
