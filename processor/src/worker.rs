@@ -98,6 +98,7 @@ impl Assigned {
         }
         self.waiting = Some((Instant::now() + wait, wait));
         self.probe.retry_at(offset);
+        self.probe.set_paused(true);
         metrics.registry_errors.inc();
         warn!(topic = &*tp.topic, partition = tp.partition, offset, retry_in_ms = wait.as_millis() as u64, error = %e, "The schema registry cannot be reached: waiting, then reading this message again.");
     }

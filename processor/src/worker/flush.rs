@@ -47,6 +47,7 @@ impl Worker {
                 && until <= now
             {
                 a.waiting = Some((now + REGISTRY_WAIT_MAX * 100, wait));
+                a.probe.set_paused(false);
                 self.pauses.push((tp.clone(), false));
             }
         }
@@ -95,6 +96,9 @@ impl Worker {
             .cloned()
             .collect();
         for tp in &paused {
+            if let Some(a) = self.parts.get_mut(tp) {
+                a.probe.set_paused(true);
+            }
             self.pauses.push((tp.clone(), true));
         }
         self.metrics
@@ -116,7 +120,10 @@ impl Worker {
         for topic in settled {
             let paused = self.paused_tables.remove(&topic).unwrap_or_default();
             for tp in &paused {
-                if self.parts.get(tp).is_some_and(|a| a.waiting.is_none()) {
+                if let Some(a) = self.parts.get_mut(tp)
+                    && a.waiting.is_none()
+                {
+                    a.probe.set_paused(false);
                     self.pauses.push((tp.clone(), false));
                 }
             }

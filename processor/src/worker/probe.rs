@@ -100,6 +100,9 @@ pub struct OffsetProbe {
     quiet_since: Instant,
     /// The last offset before a gap that re-reading showed to be real: not probed again.
     accepted_gap: Option<i64>,
+    /// Paused by the worker (its table's commit in flight, the Schema Registry away): it
+    /// receives nothing because it asks for nothing, which says nothing about the topic.
+    paused: bool,
 }
 
 impl OffsetProbe {
@@ -114,6 +117,7 @@ impl OffsetProbe {
             floor: at,
             quiet_since: Instant::now(),
             accepted_gap: None,
+            paused: false,
         };
         (probe, at)
     }
@@ -239,10 +243,19 @@ impl OffsetProbe {
         self.idle_after(high, last, IDLE_NUDGE)
     }
 
+    /// Records that the partition is paused (nothing arrives, and it is never nudged) or
+    /// resumed (it may receive nothing for [`IDLE_NUDGE`] from now before it is).
+    pub fn set_paused(&mut self, paused: bool) {
+        if self.paused && !paused {
+            self.quiet_since = Instant::now();
+        }
+        self.paused = paused;
+    }
+
     /// [`OffsetProbe::idle`] with `nudge` instead of [`IDLE_NUDGE`].
     fn idle_after(&mut self, high: i64, last: Option<i64>, nudge: Duration) -> Option<Verdict> {
         let mut w = self.want?;
-        if self.quiet_since.elapsed() < nudge {
+        if self.paused || self.quiet_since.elapsed() < nudge {
             return None;
         }
         self.quiet_since = Instant::now();
@@ -268,7 +281,7 @@ impl OffsetProbe {
     /// Whether the partition is being positioned and received nothing for [`IDLE_NUDGE`]
     /// (time to ask the broker for its end).
     pub fn nudge_due(&self) -> bool {
-        self.want.is_some() && self.quiet_since.elapsed() >= IDLE_NUDGE
+        self.want.is_some() && !self.paused && self.quiet_since.elapsed() >= IDLE_NUDGE
     }
 
     /// Whether the partition is being positioned.

@@ -159,6 +159,31 @@ fn a_partition_that_receives_nothing_is_nudged_to_the_reported_end() {
     assert_eq!(p.idle(201, Some(250)), None);
 }
 
+/// Review of issue 17: a partition paused while it is positioned (its table's commit in
+/// flight, the Schema Registry away) receives nothing because it asks for nothing. It was
+/// nudged to the broker's end all the same, and then, nothing arriving after the nudge either,
+/// taken for a truncated topic: the processor stopped with exit 6 on a healthy topic.
+#[test]
+fn a_paused_partition_is_never_taken_for_a_truncated_topic() {
+    let (mut p, _) = OffsetProbe::resuming(Some(250), anchor(250));
+    p.set_paused(true);
+    assert_eq!(p.idle_after(201, Some(250), Duration::ZERO), None);
+    assert!(!p.nudge_due());
+    p.set_paused(false);
+    assert_eq!(p.idle(201, Some(250)), None, "the nudge delay starts again");
+    assert_eq!(
+        p.idle_after(201, Some(250), Duration::ZERO),
+        Some(Verdict::Seek(200))
+    );
+    assert_eq!(check(&mut p, 200, Some(250)), Verdict::Skip);
+    // Paused again before the anchor came: still no verdict on the topic.
+    p.set_paused(true);
+    assert_eq!(p.idle_after(201, Some(250), Duration::ZERO), None);
+    p.set_paused(false);
+    assert_eq!(check(&mut p, 250, Some(250)), Verdict::Skip);
+    assert_eq!(check(&mut p, 251, Some(250)), Verdict::Handle);
+}
+
 /// Nothing at or below the last handled offset is handled twice; a fresh partition handles
 /// what comes.
 #[test]
