@@ -15,6 +15,8 @@ mod flush;
 mod probe;
 mod rows;
 mod servers;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -57,8 +59,17 @@ struct Assigned {
     rows: rows::Rows,
     /// Skipped offsets (`probe.rs`).
     probe: probe::OffsetProbe,
-    /// Waiting for the Schema Registry: paused until then, and the next wait.
-    waiting: Option<(Instant, std::time::Duration)>,
+    /// Waiting for the Schema Registry.
+    waiting: Option<RegistryWait>,
+}
+
+/// A partition's wait for the Schema Registry.
+#[derive(Debug, Clone, Copy)]
+struct RegistryWait {
+    /// Paused until then; `None`: resumed to read the message again.
+    until: Option<Instant>,
+    /// The current wait (doubling up to `REGISTRY_WAIT_MAX`).
+    wait: std::time::Duration,
 }
 
 impl Assigned {
@@ -89,14 +100,17 @@ impl Assigned {
     ) {
         let wait = self
             .waiting
-            .map_or(REGISTRY_WAIT, |(_, w)| (w * 2).min(REGISTRY_WAIT_MAX));
+            .map_or(REGISTRY_WAIT, |w| (w.wait * 2).min(REGISTRY_WAIT_MAX));
         if self.waiting.is_none() {
             metrics
                 .partitions_waiting
                 .get_or_create(&wait_label())
                 .inc();
         }
-        self.waiting = Some((Instant::now() + wait, wait));
+        self.waiting = Some(RegistryWait {
+            until: Some(Instant::now() + wait),
+            wait,
+        });
         self.probe.retry_at(offset);
         self.probe.set_paused(true);
         metrics.registry_errors.inc();
@@ -304,7 +318,7 @@ impl Worker {
                     what: format!("seek {tp}"),
                     reason: e.to_string(),
                 })?;
-            self.parts.insert(tp, assigned);
+            self.install(tp, assigned);
         }
         self.metrics
             .partitions_assigned
@@ -327,9 +341,32 @@ impl Worker {
             resume_at = offset,
             "Another instance committed this partition: consuming it again from what the table holds."
         );
-        self.parts.insert(tp.clone(), assigned);
+        self.install(tp.clone(), assigned);
         self.seeks.push((tp.clone(), offset));
         Ok(())
+    }
+
+    /// Puts `assigned` in `tp`'s place. The entry it replaces waits for the registry no
+    /// more (its gauge is given back). The partition is resumed unless its table is paused
+    /// (then it stays paused until the table resumes): librdkafka keeps a partition's pause
+    /// across a revocation and a new assignment, and the entry paused may be gone.
+    fn install(&mut self, tp: TopicPartition, mut assigned: Assigned) {
+        let table_paused = self
+            .paused_tables
+            .get(&*tp.topic)
+            .is_some_and(|paused| paused.contains(&tp));
+        assigned.probe.set_paused(table_paused);
+        self.pauses.push((tp.clone(), table_paused));
+        if self
+            .parts
+            .insert(tp, assigned)
+            .is_some_and(|old| old.waiting.is_some())
+        {
+            self.metrics
+                .partitions_waiting
+                .get_or_create(&wait_label())
+                .dec();
+        }
     }
 
     /// Revokes `tpl`'s partitions: commits them within the deadline unless `lost`, then
@@ -368,6 +405,10 @@ impl Worker {
                 }
             }
         }
+        // A commit settled above may have found a partition fenced and queued its reset
+        // (a seek): the partition is no longer ours, and seeking it would fail.
+        self.seeks.retain(|(tp, _)| !revoked.contains(tp));
+        self.pauses.retain(|(tp, _)| !revoked.contains(tp));
         for tp in &revoked {
             if self.parts.remove(tp).is_some_and(|a| a.waiting.is_some()) {
                 self.metrics

@@ -15,7 +15,7 @@ use chrono::Utc;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use tracing::{info, warn};
 
-use super::{REGISTRY_WAIT_MAX, Worker, probe};
+use super::{Worker, probe};
 use crate::config::Config;
 use crate::error::ProcessorError;
 use crate::partition::{Outputs, Partition};
@@ -43,10 +43,10 @@ impl Worker {
         // it is still away).
         let now = Instant::now();
         for (tp, a) in self.parts.iter_mut() {
-            if let Some((until, wait)) = a.waiting
-                && until <= now
+            if let Some(w) = &mut a.waiting
+                && w.until.is_some_and(|until| until <= now)
             {
-                a.waiting = Some((now + REGISTRY_WAIT_MAX * 100, wait));
+                w.until = None;
                 a.probe.set_paused(false);
                 self.pauses.push((tp.clone(), false));
             }
@@ -85,7 +85,7 @@ impl Worker {
     }
 
     /// Pauses the partitions of `topic` (a flush is due while its previous commit runs).
-    fn pause_table(&mut self, topic: &str) {
+    pub(super) fn pause_table(&mut self, topic: &str) {
         if self.paused_tables.contains_key(topic) {
             return;
         }
@@ -110,7 +110,7 @@ impl Worker {
 
     /// Resumes the paused tables whose commit settled: the partitions still assigned, but for
     /// those waiting for the registry.
-    fn resume_tables(&mut self) {
+    pub(super) fn resume_tables(&mut self) {
         let settled: Vec<String> = self
             .paused_tables
             .keys()
@@ -120,8 +120,10 @@ impl Worker {
         for topic in settled {
             let paused = self.paused_tables.remove(&topic).unwrap_or_default();
             for tp in &paused {
+                // A partition whose wait for the registry is over (reading its message again)
+                // is resumed too; one still waiting is resumed when its wait ends.
                 if let Some(a) = self.parts.get_mut(tp)
-                    && a.waiting.is_none()
+                    && a.waiting.is_none_or(|w| w.until.is_none())
                 {
                     a.probe.set_paused(false);
                     self.pauses.push((tp.clone(), false));
