@@ -25,7 +25,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, FormatChoice};
 use crate::error::ShipperError;
 use crate::framer::Frame;
 use crate::kafka::{Delivery, KafkaSink, Opaque, SinkSettings};
@@ -145,6 +145,13 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
         max_records_per_sec = cfg.max_records_per_sec,
         "Shipper starting."
     );
+    if !matches!(cfg.format, FormatChoice::Csvlog | FormatChoice::Jsonlog)
+        && !crate::tailer::prefix_has_time(&cfg.log_line_prefix)
+    {
+        warn!(
+            "log_line_prefix has no time escape (%m, %t or %n): stderr logs are told apart by their first line only, so two that begin with the same line are taken for copies of one."
+        );
+    }
     let mut shipper = Shipper {
         info: SourceInfo {
             server: cfg.server.clone(),

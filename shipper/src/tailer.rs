@@ -1,8 +1,6 @@
 //! One tailed log file: identity, reading, framing and the acknowledgement frontier.
 //!
-//! Owns [`FileId`] (a fingerprint of the first line: it survives rename, reboot, remount and
-//! a copy to another device, and changes when a file name is reused or a file is rewritten in
-//! place), [`AckTracker`] (the in-order frontier of acknowledged records) and [`TailedFile`]
+//! Owns [`AckTracker`] (the in-order frontier of acknowledged records) and [`TailedFile`]
 //! (which also knows its device and inode: they tell open files apart while running, and are
 //! never persisted). Invariants: `read_pos` only
 //! grows, except through [`TailedFile::check_rewritten`] which reports that the file must be
@@ -20,60 +18,6 @@ use pgtrail_avro::record::{EncodedSource, RecordSource, encode_source};
 
 use crate::framer::Framer;
 use crate::key::KeyExtractor;
-
-/// Bytes of the first line that the fingerprint covers at most.
-pub const FINGERPRINT_BYTES: usize = 1024;
-
-/// Identity of a log file: what it holds, not where it lives. Device and inode numbers
-/// change across reboots and remounts (device-mapper minors, NFS, overlay) and when files are
-/// copied to another device, while PostgreSQL's first line of a log file (a millisecond
-/// timestamp and a process id) does not. Two files with the same first line are copies of one
-/// log: shipped once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId {
-    /// xxh3 of the first line (at most [`FINGERPRINT_BYTES`]).
-    pub fingerprint: u64,
-}
-
-impl std::fmt::Display for FileId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:016x}", self.fingerprint)
-    }
-}
-
-/// What the first bytes of a file say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Head {
-    /// Not enough bytes yet for a fingerprint (no complete first line).
-    NotReady,
-    /// Contains NUL bytes: not a PostgreSQL text log.
-    Binary,
-    /// The fingerprint.
-    Ready(u64),
-}
-
-/// Reads the head of `file` and fingerprints its first line.
-pub fn read_head(file: &File) -> std::io::Result<Head> {
-    let mut buf = [0u8; FINGERPRINT_BYTES];
-    let mut n = 0;
-    while n < buf.len() {
-        let got = file.read_at(&mut buf[n..], n as u64)?;
-        if got == 0 {
-            break;
-        }
-        n += got;
-    }
-    let head = &buf[..n];
-    if memchr::memchr(0, head).is_some() {
-        return Ok(Head::Binary);
-    }
-    let line = match memchr::memchr(b'\n', head) {
-        Some(p) => &head[..=p],
-        None if n == FINGERPRINT_BYTES => head,
-        None => return Ok(Head::NotReady),
-    };
-    Ok(Head::Ready(xxhash_rust::xxh3::xxh3_64(line)))
-}
 
 /// Tracks produced records of one file in file order and advances the acknowledged offset
 /// only across a contiguous prefix of acknowledged records.
@@ -129,6 +73,8 @@ impl AckTracker {
 pub struct TailedFile {
     /// Identity.
     pub id: FileId,
+    /// Which head `id` covers.
+    pub identity: IdentityRule,
     /// Device and inode of the open file (this run only).
     pub inode: (u64, u64),
     /// `id` as text (checkpoint key and envelope `file_id`).
@@ -205,6 +151,7 @@ impl TailedFile {
         let encoded_source = source_bytes(info, format, &path, &id_text);
         TailedFile {
             id,
+            identity: IdentityRule::for_file(format, &info.log_line_prefix),
             inode,
             id_text,
             format,
@@ -266,7 +213,7 @@ impl TailedFile {
         if meta.ino() != self.inode.1 {
             return Ok(None);
         }
-        match read_head(&self.file)? {
+        match read_head(&self.file, self.identity)? {
             Head::Ready(fp) if fp != self.id.fingerprint => Ok(Some("first line changed")),
             Head::NotReady if self.read_pos > 0 => Ok(Some("first line is gone")),
             _ => Ok(None),
@@ -319,8 +266,11 @@ fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str
     })
 }
 
+mod identity;
 #[cfg(test)]
 mod model;
+
+pub use identity::{FileId, Head, IdentityRule, prefix_has_time, read_head};
 
 #[cfg(test)]
 mod tests {
@@ -339,24 +289,5 @@ mod tests {
         assert_eq!(t.ack(c), Some(50));
         assert_eq!(t.ack(c), None, "late duplicate ack is ignored");
         assert_eq!(t.in_flight(), 0);
-    }
-
-    #[test]
-    fn head_fingerprint_needs_a_first_line_and_rejects_binary() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("a.log");
-        std::fs::write(&p, b"2026 LOG:  x").unwrap();
-        assert_eq!(read_head(&File::open(&p).unwrap()).unwrap(), Head::NotReady);
-        std::fs::write(&p, b"2026 LOG:  x\nmore").unwrap();
-        let Head::Ready(fp) = read_head(&File::open(&p).unwrap()).unwrap() else {
-            panic!()
-        };
-        std::fs::write(&p, b"2026 LOG:  x\nother tail").unwrap();
-        assert_eq!(
-            read_head(&File::open(&p).unwrap()).unwrap(),
-            Head::Ready(fp)
-        );
-        std::fs::write(&p, b"\x1f\x8b\x08\x00\x00\x00binary\n").unwrap();
-        assert_eq!(read_head(&File::open(&p).unwrap()).unwrap(), Head::Binary);
     }
 }

@@ -1,7 +1,8 @@
 //! File identity across a "reboot" (issue 17, item 6): device and inode numbers change across
 //! reboots and remounts; here the same log files move to another device (a tmpfs) behind the
 //! same path. The shipper must resume from its checkpoints: nothing is shipped again. A copy
-//! of a log file beside it (same first line) is shipped once.
+//! of a log file beside it (same head) is shipped once; two stderr logs that merely begin
+//! with the same unprefixed line are two files.
 
 #![allow(clippy::unwrap_used)]
 
@@ -90,7 +91,7 @@ fn files_on_another_device_are_not_shipped_again() {
 /// the files still present, which were then shipped again from offset 0.
 #[test]
 fn checkpoints_older_than_the_retention_of_present_files_are_kept() {
-    use shipper::tailer::{Head, read_head};
+    use shipper::tailer::{Head, IdentityRule, read_head};
     let broker = Broker::start();
     let work = WorkDir::new("retention");
     let sample = workspace_root().join("tests/fixtures/sample/primary");
@@ -99,7 +100,8 @@ fn checkpoints_older_than_the_retention_of_present_files_are_kept() {
     // Every file shipped, a week ago.
     let mut files = Vec::new();
     for f in std::fs::read_dir(&logs).unwrap().flatten() {
-        let Head::Ready(fp) = read_head(&std::fs::File::open(f.path()).unwrap()).unwrap() else {
+        let file = std::fs::File::open(f.path()).unwrap();
+        let Head::Ready(fp) = read_head(&file, IdentityRule::FirstLine).unwrap() else {
             panic!("a first line")
         };
         files.push(serde_json::json!({
@@ -146,4 +148,110 @@ fn checkpoints_older_than_the_retention_of_present_files_are_kept() {
         "{} records shipped again:\n{log}",
         shipped.len()
     );
+}
+
+/// Review of issue 17: a standby whose `restore_command` fails writes the same unprefixed
+/// `cp: cannot stat ...` line at the top of each new stderr log. The fingerprint of the first
+/// line took every such file for a copy of the first one: none of their records was shipped.
+#[test]
+fn stderr_logs_beginning_with_the_same_child_output_are_two_files() {
+    let broker = Broker::start();
+    let work = WorkDir::new("identity-stderr");
+    let sample = std::fs::read(
+        workspace_root().join("tests/fixtures/sample/primary/postgresql-2026-11-23_091050.log"),
+    )
+    .unwrap();
+    // Split the real log at a record boundary in its middle (a line not starting with a tab).
+    let mut cut = sample.len() / 2;
+    while !(sample[cut - 1] == b'\n' && sample[cut] != b'\t') {
+        cut += 1;
+    }
+    let cp = b"cp: cannot stat '/archive/000000010000000000000007': No such file or directory\n";
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("a.log"), [&cp[..], &sample[..cut]].concat()).unwrap();
+    std::fs::write(logs.join("b.log"), [&cp[..], &sample[cut..]].concat()).unwrap();
+    let ship = shipper_args(
+        "identity-stderr",
+        &[format!("{}/*.log", logs.display())],
+        &broker.bootstrap(),
+        &work.path().join("state"),
+        "%m [%p] ",
+    );
+    let log = run_shipper_once(
+        &ship,
+        &work.path().join("shipper.log"),
+        Duration::from_secs(60),
+    );
+    let records = expected_records(&logs).len();
+    let shipped = consume_all(
+        &broker.bootstrap(),
+        "pgaudit.raw.identity-stderr",
+        records + 1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(shipped.len(), records, "both files, each once:\n{log}");
+    assert!(!log.contains("a copy, not shipped twice"), "{log}");
+}
+
+/// A stderr log that begins with unprefixed output, shipped part way by a build that
+/// identified files by their first line alone: its checkpoint (same path) is taken up under
+/// the new identity, not shipped again from byte 0.
+#[test]
+fn a_checkpoint_under_the_first_line_identity_is_taken_up() {
+    use shipper::tailer::{Head, IdentityRule, read_head};
+    let broker = Broker::start();
+    let work = WorkDir::new("identity-legacy");
+    let sample = std::fs::read(
+        workspace_root().join("tests/fixtures/sample/primary/postgresql-2026-11-23_091050.log"),
+    )
+    .unwrap();
+    let cp = b"cp: cannot stat '/archive/000000010000000000000007': No such file or directory\n";
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let path = logs.join("a.log");
+    std::fs::write(&path, [&cp[..], &sample[..]].concat()).unwrap();
+    let all = expected_records(&logs);
+    let shipped_before = all.len() / 2;
+    let offset = all[shipped_before].offset;
+    let file = std::fs::File::open(&path).unwrap();
+    let Head::Ready(fp) = read_head(&file, IdentityRule::FirstLine).unwrap() else {
+        panic!("a first line")
+    };
+    let state = work.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let entry = serde_json::json!({
+        "file_id": format!("{fp:016x}"),
+        "path": path,
+        "offset": offset,
+        "updated_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    });
+    std::fs::write(
+        state.join("checkpoints.json"),
+        serde_json::json!({"version": 2, "files": [entry]}).to_string(),
+    )
+    .unwrap();
+    let ship = shipper_args(
+        "identity-legacy",
+        &[format!("{}/*.log", logs.display())],
+        &broker.bootstrap(),
+        &state,
+        "%m [%p] ",
+    );
+    let log = run_shipper_once(
+        &ship,
+        &work.path().join("shipper.log"),
+        Duration::from_secs(60),
+    );
+    let want = all.len() - shipped_before;
+    let shipped = consume_all(
+        &broker.bootstrap(),
+        "pgaudit.raw.identity-legacy",
+        want + 1,
+        Duration::from_secs(5),
+    );
+    assert_eq!(shipped.len(), want, "from the checkpoint on:\n{log}");
 }

@@ -10,7 +10,7 @@
 //! Kafka.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::Shipper;
 use crate::error::ShipperError;
-use crate::tailer::{FileId, Head, OpenedFile, TailedFile, read_head};
+use crate::tailer::{FileId, Head, IdentityRule, OpenedFile, TailedFile, read_head};
 use crate::telemetry::{FileLabel, Metrics, ReasonLabel};
 
 impl Shipper {
@@ -90,7 +90,9 @@ impl Shipper {
                 return None;
             }
         };
-        let fingerprint = match read_head(&file) {
+        let format = self.cfg.format.for_path(&path);
+        let rule = IdentityRule::for_file(format, &self.info.log_line_prefix);
+        let fingerprint = match read_head(&file, rule) {
             Ok(Head::Ready(fp)) => fp,
             Ok(Head::NotReady) => return None,
             Ok(Head::Binary) => {
@@ -115,17 +117,19 @@ impl Shipper {
             // A copy of a file being shipped (a rotated copy, logs copied aside): the same
             // records under another name are shipped once; looked at again at every scan.
             if self.copies.insert(inode) {
-                info!(path = %path.display(), same_as = %open.path.display(), file_id = id_text, "Same first line as a file being shipped: a copy, not shipped twice.");
+                info!(path = %path.display(), same_as = %open.path.display(), file_id = id_text, "Same head as a file being shipped: a copy, not shipped twice.");
             }
             return None;
         }
-        let mut offset = self.checkpoints.get(&id_text).map_or(0, |c| c.offset);
+        let mut offset = match self.checkpoints.get(&id_text) {
+            Some(c) => c.offset,
+            None => self.legacy_offset(&file, &path, rule).unwrap_or(0),
+        };
         if offset > len {
             warn!(path = %path.display(), file_id = id_text, checkpoint = offset, size = len, "File is shorter than its checkpoint (truncated while stopped); starting over.");
             self.metrics.files_truncated.inc();
             offset = 0;
         }
-        let format = self.cfg.format.for_path(&path);
         info!(path = %path.display(), file_id = id_text, %format, offset, size = len, "Tailing file.");
         let key = self.next_key;
         self.next_key += 1;
@@ -142,6 +146,22 @@ impl Shipper {
         self.files.insert(key, f);
         self.by_inode.insert(inode, key);
         Some(key)
+    }
+
+    /// The checkpoint of `file` written when stderr logs were identified by their first line
+    /// alone (before their first timestamped line), if one is kept for this very path: the
+    /// file is taken up where it was, not shipped again under its new identity.
+    fn legacy_offset(&self, file: &std::fs::File, path: &Path, rule: IdentityRule) -> Option<u64> {
+        if rule == IdentityRule::FirstLine {
+            return None;
+        }
+        let Ok(Head::Ready(fp)) = read_head(file, IdentityRule::FirstLine) else {
+            return None;
+        };
+        let c = self
+            .checkpoints
+            .get(&FileId { fingerprint: fp }.to_string())?;
+        (Path::new(&c.path) == path).then_some(c.offset)
     }
 
     /// Drops files that were truncated or rewritten in place; the next scan finds them again.
