@@ -90,8 +90,8 @@ pub struct Metrics {
     /// Table maintenance after commits (Delta checkpoint, log cleanup, deleting superseded
     /// state objects) that failed; the commits stand.
     pub maintenance_errors: Family<TableLabel, Counter>,
-    /// Partitions paused waiting for a dependency, by reason (`schema_registry`); `/readyz`
-    /// answers 503 while any waits.
+    /// Partitions paused, by reason: `schema_registry` (away; `/readyz` answers 503 while any
+    /// waits for it) or `delta_commit` (their table's previous commit still runs).
     pub partitions_waiting: Family<ReasonLabel, Gauge>,
     /// Schema Registry calls that failed and are retried (nothing is dead-lettered for them).
     pub registry_errors: Counter,
