@@ -111,8 +111,8 @@ pub struct Partition {
     tracker: OutcomeTracker,
     pending: BTreeMap<i64, u32>,
     /// Per pending offset, the state just before it (what a checkpoint whose version is the
-    /// offset before records); entries of offsets no longer pending or straddling are dropped
-    /// at checkpoints.
+    /// offset before records); entries of offsets no longer pending are dropped at
+    /// checkpoints.
     befores: BTreeMap<i64, Before>,
     /// The last message pushed, and the state before it (while the current one is handled).
     newest: Option<Anchor>,
@@ -318,10 +318,7 @@ impl Partition {
         }
         let mut released = std::mem::take(&mut self.released);
         self.tracker.sweep(&mut released);
-        self.emit(&mut released, metrics, out);
-        if released.capacity() <= RELEASED_KEPT {
-            self.released = released;
-        }
+        self.emit(released, metrics, out);
     }
 
     /// Handles a stderr record (message `offset`) and the records it completes.
@@ -396,15 +393,12 @@ impl Partition {
             Disposition::LateOutcome => metrics.skipped("late_outcome"),
             Disposition::Poison(_) => {}
         }
-        self.emit(&mut released, metrics, out);
-        // A session's release can be large; keep only a small buffer.
-        if released.capacity() <= RELEASED_KEPT {
-            self.released = released;
-        }
+        self.emit(released, metrics, out);
     }
 
-    /// Moves `rows` (left empty) to the outputs, or counts them as replayed.
-    fn emit(&mut self, rows: &mut Vec<AuditRow>, metrics: &Metrics, out: &mut Outputs) {
+    /// Moves released `rows` to the outputs, or counts them as replayed; keeps their buffer
+    /// for the next release (`self.released`) unless a large release grew it.
+    fn emit(&mut self, mut rows: Vec<AuditRow>, metrics: &Metrics, out: &mut Outputs) {
         for row in rows.drain(..) {
             let offset = row.origin;
             self.remove_pending(offset);
@@ -413,6 +407,9 @@ impl Partition {
             } else {
                 metrics.skipped("replayed");
             }
+        }
+        if rows.capacity() <= RELEASED_KEPT {
+            self.released = rows;
         }
     }
 
@@ -433,9 +430,9 @@ impl Partition {
             self.remove_pending(tag.source.origin);
             self.track(&log, &tag.source, &tag.raw, None, &[], metrics, out);
         }
-        let mut released = Vec::new();
+        let mut released = std::mem::take(&mut self.released);
         self.tracker.finish(&mut released);
-        self.emit(&mut released, metrics, out);
+        self.emit(released, metrics, out);
     }
 
     /// The offset every record up to which is fully handled (`None`: nothing consumed).

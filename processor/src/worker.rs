@@ -45,6 +45,14 @@ fn wait_label() -> crate::telemetry::ReasonLabel {
     }
 }
 
+/// Moves the gauge of partitions waiting for the Schema Registry by `delta`.
+fn count_registry_waits(metrics: &Metrics, delta: i64) {
+    metrics
+        .partitions_waiting
+        .get_or_create(&wait_label())
+        .inc_by(delta);
+}
+
 /// Rows that Arrow rejects: the code and the schema disagree (a bug, never a record's fault).
 fn schema_err(e: deltalake::arrow::error::ArrowError) -> ProcessorError {
     ProcessorError::Internal {
@@ -82,10 +90,7 @@ impl Assigned {
                 partition = tp.partition,
                 "The schema registry answers again."
             );
-            metrics
-                .partitions_waiting
-                .get_or_create(&wait_label())
-                .dec();
+            count_registry_waits(metrics, -1);
         }
     }
 
@@ -102,10 +107,7 @@ impl Assigned {
             .waiting
             .map_or(REGISTRY_WAIT, |w| (w.wait * 2).min(REGISTRY_WAIT_MAX));
         if self.waiting.is_none() {
-            metrics
-                .partitions_waiting
-                .get_or_create(&wait_label())
-                .inc();
+            count_registry_waits(metrics, 1);
         }
         self.waiting = Some(RegistryWait {
             until: Some(Instant::now() + wait),
@@ -294,15 +296,7 @@ impl Worker {
         consumer: &C,
     ) -> Result<(), ProcessorError> {
         self.last_activity = Instant::now();
-        let keys: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|el| (el.topic().to_owned(), el.partition()))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|(t, p)| self.key(&t, p))
-            .collect();
-        for tp in keys {
+        for tp in self.keys(tpl) {
             let (assigned, at) = self.start(&tp, consumer)?;
             info!(
                 topic = &*tp.topic,
@@ -357,16 +351,23 @@ impl Worker {
             .is_some_and(|paused| paused.contains(&tp));
         assigned.probe.set_paused(table_paused);
         self.pauses.push((tp.clone(), table_paused));
-        if self
-            .parts
-            .insert(tp, assigned)
-            .is_some_and(|old| old.waiting.is_some())
-        {
-            self.metrics
-                .partitions_waiting
-                .get_or_create(&wait_label())
-                .dec();
+        let old = self.parts.insert(tp, assigned);
+        self.forget(old);
+    }
+
+    /// Gives back the wait gauge of an entry no longer in `parts`, if it was waiting.
+    fn forget(&self, old: Option<Assigned>) {
+        if old.is_some_and(|a| a.waiting.is_some()) {
+            count_registry_waits(&self.metrics, -1);
         }
+    }
+
+    /// `tpl`'s partitions, their topics shared (see [`Worker::key`]).
+    fn keys(&mut self, tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+        tpl.elements()
+            .iter()
+            .map(|el| self.key(el.topic(), el.partition()))
+            .collect()
     }
 
     /// Revokes `tpl`'s partitions: commits them within the deadline unless `lost`, then
@@ -378,14 +379,7 @@ impl Worker {
         consumer: &C,
     ) {
         self.last_activity = Instant::now();
-        let mut revoked: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|(t, p)| self.key(&t, p))
-            .collect();
+        let mut revoked = self.keys(tpl);
         revoked.retain(|tp| self.parts.contains_key(tp));
         let deadline = Instant::now() + Config::ms(self.cfg.revoke_deadline_ms);
         let topics: std::collections::BTreeSet<Arc<str>> =
@@ -410,12 +404,8 @@ impl Worker {
         self.seeks.retain(|(tp, _)| !revoked.contains(tp));
         self.pauses.retain(|(tp, _)| !revoked.contains(tp));
         for tp in &revoked {
-            if self.parts.remove(tp).is_some_and(|a| a.waiting.is_some()) {
-                self.metrics
-                    .partitions_waiting
-                    .get_or_create(&wait_label())
-                    .dec();
-            }
+            let old = self.parts.remove(tp);
+            self.forget(old);
             info!(
                 topic = &*tp.topic,
                 partition = tp.partition,

@@ -95,9 +95,8 @@ impl Session {
     }
 
     /// Remembers a released transaction (the last 64 per session) as of Kafka offset `at`
-    /// (the record that released it).
-    /// Rows are released in transaction order, so the newest entry is checked first: the
-    /// common repeat is O(1).
+    /// (the record that released it). Rows are released in transaction order, so the newest
+    /// entry is checked first: the common repeat is O(1).
     fn remember(&mut self, vxid: Option<&str>, at: i64) {
         let Some(v) = vxid.map(vxid_hash) else {
             return;
@@ -193,7 +192,8 @@ impl OutcomeTracker {
     ) -> Self {
         let mut t = OutcomeTracker::new(window);
         t.watermark = watermark;
-        // Every push sweeps when the second changes, so the original swept at this second.
+        // A sweep follows every record that moves the clock into another second, so the
+        // original swept at this one.
         t.swept_at = watermark.map(|w| w.timestamp());
         for r in released {
             let s = t.sessions.entry(r.session).or_default();
