@@ -13,5 +13,5 @@ pub mod wire;
 
 pub use error::{AvroError, ErrorClass};
 pub use record::{EncodedSource, LogFormat, RawRecord, RawRecordRef, RecordFields, RecordSource};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryAuth};
 pub use wire::{Decoder, Encoder};

@@ -18,6 +18,25 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSche
 use crate::error::AvroError;
 use crate::record::RAW_RECORD_SCHEMA;
 
+/// How to authenticate to the registry: HTTP basic auth (Confluent Cloud: API key and
+/// secret) and extra CA certificates (PEM) to trust. The password is not printed by `Debug`.
+#[derive(Clone, Default)]
+pub struct RegistryAuth {
+    /// User name and password.
+    pub basic: Option<(String, Option<String>)>,
+    /// PEM bundle of CA certificates trusted besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("user", &self.basic.as_ref().map(|b| &b.0))
+            .field("ca_pem", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
 /// A Schema Registry at one URL.
 #[derive(Clone)]
 pub struct Registry {
@@ -47,9 +66,30 @@ fn registry_error(operation: String, e: SRCError) -> AvroError {
 impl Registry {
     /// A client for the registry at `url` (e.g. `http://registry:8081`).
     pub fn new(url: &str) -> Result<Self, AvroError> {
-        let settings = SrSettings::new_builder(url.trim_end_matches('/').to_owned())
-            .set_timeout(std::time::Duration::from_secs(10))
-            .build()
+        Self::with_auth(url, RegistryAuth::default())
+    }
+
+    /// A client for the registry at `url` authenticating with `auth`.
+    pub fn with_auth(url: &str, auth: RegistryAuth) -> Result<Self, AvroError> {
+        let mut builder = SrSettings::new_builder(url.trim_end_matches('/').to_owned());
+        builder.set_timeout(std::time::Duration::from_secs(10));
+        if let Some((user, password)) = &auth.basic {
+            builder.set_basic_authorization(user, password.as_deref());
+        }
+        let mut client = reqwest::Client::builder();
+        if let Some(pem) = &auth.ca_pem {
+            for cert in
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| AvroError::Registry {
+                    operation: "configure client".into(),
+                    reason: format!("CA bundle: {e}"),
+                    retryable: false,
+                })?
+            {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        let settings = builder
+            .build_with(client)
             .map_err(|e| registry_error("configure client".into(), e))?;
         Ok(Registry {
             settings,

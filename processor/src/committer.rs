@@ -22,7 +22,7 @@
 //! last read or wrote for it; a commit's attempts carry the same state id; nothing here
 //! decides Kafka positions. Must not: talk to Kafka.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,19 +133,28 @@ impl Committer {
         checkpoint_interval: u64,
         failpoints: Arc<Failpoints>,
     ) -> Result<Committer, ProcessorError> {
-        Self::open_with(uri, group, checkpoint_interval, failpoints, false).await
+        Self::open_with(
+            uri,
+            HashMap::new(),
+            group,
+            checkpoint_interval,
+            failpoints,
+            false,
+        )
+        .await
     }
 
-    /// [`Committer::open`]; `allow_new_group`: write partitions of a topic that another
-    /// consumer group wrote into this table.
+    /// [`Committer::open`] with the table's storage `options` (`lake.rs`); `allow_new_group`:
+    /// write partitions of a topic that another consumer group wrote into this table.
     pub async fn open_with(
         uri: &str,
+        options: HashMap<String, String>,
         group: &str,
         checkpoint_interval: u64,
         failpoints: Arc<Failpoints>,
         allow_new_group: bool,
     ) -> Result<Committer, ProcessorError> {
-        let table = AuditTable::open_or_create_with(uri, checkpoint_interval).await?;
+        let table = AuditTable::open_or_create_with(uri, options, checkpoint_interval).await?;
         let states = StateStore::new(table.object_store(), uri, group);
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(Committer {

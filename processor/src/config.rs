@@ -3,9 +3,10 @@
 //!
 //! Owns [`Cli`] (subcommands `run` and `status`), [`Config`] (every field documented with unit
 //! and default) and [`ServerSettings`]. Invariants: the file is parsed with
-//! `deny_unknown_fields`; a flag given on the command line wins over the file; the only
-//! environment variable read is `PGTRAIL_LOG` (log filter, in `main.rs`). Must not: open
-//! files other than the config, sockets, Kafka connections or tables.
+//! `deny_unknown_fields`; a flag given on the command line wins over the file; environment
+//! variables are read only where the file names them (secrets) and `PGTRAIL_LOG` (log
+//! filter, in `main.rs`). Must not: read secrets (they are read when clients are built), open
+//! sockets, Kafka connections or tables.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +15,10 @@ use std::time::Duration;
 use pgtrail_avro::LogFormat;
 use serde::Deserialize;
 
+use pgtrail_connect::{KafkaSection, RegistrySection};
+
 use crate::error::ProcessorError;
+use crate::lake::{Lake, StorageSection};
 use crate::parse::ServerFormat;
 
 /// `pgtrail-processor`: raw PostgreSQL log records from Kafka into Delta Lake audit tables.
@@ -96,7 +100,11 @@ pub struct RunArgs {
 /// Flags of `status`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// Lake root (local directory): every table under `<lake>/pg_archive_sync/`.
+    /// TOML configuration file: its `[storage]` section reaches object-store lakes.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Lake root (local directory or object-store URI): every table under
+    /// `<lake>/pg_archive_sync/`.
     #[arg(long)]
     pub lake: Option<String>,
     /// A table URI; repeat for several.
@@ -189,17 +197,29 @@ pub struct Config {
     pub exit_when_idle_ms: Option<u64>,
     /// Milliseconds SIGTERM may take to flush and commit. Default 30000.
     pub drain_deadline_ms: u64,
-    /// Prometheus endpoint address or `none`. Default `127.0.0.1:9188`.
+    /// Prometheus endpoint address or `none`; also serves `/healthz` and `/readyz`. Default
+    /// `127.0.0.1:9188`.
     pub metrics_addr: String,
+    /// Milliseconds the poll loop may go without progress before `/healthz` fails (a hung
+    /// loop is restarted). Longer than a slow commit wait. Default 300000.
+    pub liveness_timeout_ms: u64,
     /// `log_line_prefix` of servers with none of their own here whose records carry none
     /// (shippers older than the envelope's version 3). Default `%m [%p] `.
     pub default_log_line_prefix: String,
     /// Per-server parsing settings, keyed by server name. Default none.
     pub servers: BTreeMap<String, ServerSettings>,
-    /// Extra librdkafka consumer properties (security...). Values are never logged;
+    /// `[kafka]`: librdkafka client properties passed through (values never logged;
     /// `enable.auto.commit`, `enable.auto.offset.store`, `group.id` and
-    /// `partition.assignment.strategy` cannot be overridden.
-    pub kafka: BTreeMap<String, String>,
+    /// `partition.assignment.strategy` cannot be overridden, secrets are refused by value), and
+    /// `[kafka.security]`: TLS, mutual TLS and SASL with secrets from files or environment
+    /// variables (README, "Secured Kafka"). Default: plaintext.
+    pub kafka: KafkaSection,
+    /// `[registry]`: Schema Registry basic auth and CA. Default none.
+    pub registry: RegistrySection,
+    /// `[storage]`: object-store settings of the lake (S3, Azure, GCS), credentials from files,
+    /// environment variables or the providers' standard chains (README, "Object-store
+    /// lakes"). Default: each store's own defaults and credential chain.
+    pub storage: StorageSection,
 }
 
 impl Default for Config {
@@ -227,30 +247,13 @@ impl Default for Config {
             exit_when_idle_ms: None,
             drain_deadline_ms: 30_000,
             metrics_addr: "127.0.0.1:9188".into(),
+            liveness_timeout_ms: 300_000,
             default_log_line_prefix: "%m [%p] ".into(),
             servers: BTreeMap::new(),
-            kafka: BTreeMap::new(),
+            kafka: KafkaSection::default(),
+            registry: RegistrySection::default(),
+            storage: StorageSection::default(),
         }
-    }
-}
-
-/// A TOML error without the file's text: what is wrong and where (line, column). toml's own
-/// message quotes the offending line and serde's quote a value of the wrong type; either can
-/// be a secret written where it does not belong. Double-quoted parts of the message are left
-/// out; key names (in backticks) stay.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let mut message = String::new();
-    for (i, part) in e.message().split('"').enumerate() {
-        message.push_str(if i % 2 == 0 { part } else { "…" });
-    }
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {}", message.trim())
-        }
-        None => message.trim().to_owned(),
     }
 }
 
@@ -263,23 +266,31 @@ fn config_err(reason: impl Into<String>) -> ProcessorError {
 impl Config {
     /// The file (if any) with the flags applied, validated.
     pub fn load(args: &RunArgs) -> Result<Config, ProcessorError> {
-        let mut cfg = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
-                Self::from_toml(&text)
-                    .map_err(|e| config_err(format!("{}: {e}", path.display())))?
-            }
-            None => Config::default(),
-        };
+        let mut cfg = Self::read(args.config.as_deref())?;
         cfg.apply(args);
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// The lake's storage settings from the `[storage]` section of the file at `path` (the
+    /// defaults without one), secrets read.
+    pub fn load_storage(path: Option<&std::path::Path>) -> Result<Lake, ProcessorError> {
+        Lake::from_section(&Self::read(path)?.storage)
+    }
+
+    /// The file at `path` parsed (the defaults without one), flags not applied.
+    fn read(path: Option<&std::path::Path>) -> Result<Config, ProcessorError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| config_err(format!("{}: {e}", path.display())))
+    }
+
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| toml_error(text, &e))
+        toml::from_str(text).map_err(|e| pgtrail_connect::toml_error(text, &e))
     }
 
     fn apply(&mut self, a: &RunArgs) {
@@ -345,10 +356,13 @@ impl Config {
             "group.id",
             "partition.assignment.strategy",
         ] {
-            if self.kafka.contains_key(key) {
+            if self.kafka.properties.contains_key(key) {
                 return Err(config_err(format!("kafka.{key} cannot be overridden")));
             }
         }
+        pgtrail_connect::validate(&self.kafka, &self.registry, self.registry_url.as_deref())
+            .map_err(|e| config_err(e.to_string()))?;
+        self.storage.validate()?;
         self.server_format("default")?;
         for name in self.servers.keys() {
             self.server_format(name)?;

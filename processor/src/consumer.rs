@@ -8,15 +8,15 @@
 //! checks cancellation every poll (≤ 100 ms); SIGTERM stops intake, commits within the drain
 //! deadline and returns. Must not: parse records or touch tables itself (the worker does).
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pgtrail_avro::{Decoder, Registry};
+use pgtrail_connect::{GateContext, Health, LogGate};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
@@ -32,10 +32,17 @@ use crate::failpoint::Failpoints;
 use crate::telemetry::{Metrics, PartitionLabel, ReasonLabel};
 use crate::worker::{Totals, Worker};
 
+/// Readiness condition: the consumer joined its group (a first assignment, maybe empty).
+pub const READY_GROUP: &str = "consumer_group";
+/// Readiness condition: no partition waits for the Schema Registry.
+pub const READY_REGISTRY: &str = "schema_registry";
+
 /// The consumer context: rebalance callbacks reach the worker through it.
 pub struct Ctx {
     worker: Mutex<Worker>,
     metrics: Metrics,
+    gate: Arc<LogGate>,
+    health: Arc<Health>,
 }
 
 impl Ctx {
@@ -47,6 +54,14 @@ impl Ctx {
 }
 
 impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.gate.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.gate.error(&error, reason);
+    }
+
     fn stats(&self, stats: Statistics) {
         for (topic, t) in &stats.topics {
             for (p, s) in &t.partitions {
@@ -80,6 +95,7 @@ impl ConsumerContext for Ctx {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.metrics.rebalances.get_or_create(&kind("assign")).inc();
+                self.health.report(READY_GROUP, true);
                 if let Err(e) = w.assign(tpl, consumer) {
                     error!(error = %e, "Cannot resume the assigned partitions.");
                     w.failed = Some(e);
@@ -135,7 +151,7 @@ fn kafka(what: &str, e: impl std::fmt::Display) -> ProcessorError {
 }
 
 /// The consumer's client configuration.
-pub fn consumer_config(cfg: &Config) -> ClientConfig {
+pub fn consumer_config(cfg: &Config) -> Result<ClientConfig, ProcessorError> {
     let mut c = ClientConfig::new();
     c.set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
@@ -151,49 +167,91 @@ pub fn consumer_config(cfg: &Config) -> ClientConfig {
         // much: its default (1 s) starved the processor once it had drained 16 MiB (measured:
         // a bare consumer read 82k messages/s with 1 s, 440k/s with the default queue size).
         .set("fetch.queue.backoff.ms", "20");
-    for (k, v) in &cfg.kafka {
-        c.set(k, v);
-    }
+    cfg.kafka
+        .apply(&mut c)
+        .map_err(|e| ProcessorError::Config {
+            reason: e.to_string(),
+        })?;
     c.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("partition.assignment.strategy", &cfg.assignment_strategy);
-    c
+    Ok(c)
 }
 
 /// Makes sure `topic` exists: looks it up first (creating needs an ACL that a processor in
 /// production may not have, and librdkafka's mock cluster does not answer CreateTopics), and
 /// creates it (1 partition) only when it is missing.
-fn ensure_topic(cfg: &Config, topic: &str, rt: &Handle) -> Result<(), ProcessorError> {
-    let mut c = ClientConfig::new();
-    for (k, v) in &cfg.kafka {
-        c.set(k, v);
+fn ensure_topic(
+    cfg: &Config,
+    topic: &str,
+    rt: &Handle,
+    gate: &Arc<LogGate>,
+) -> Result<(), ProcessorError> {
+    let c = cfg
+        .kafka
+        .client_config(&cfg.brokers)
+        .map_err(|e| ProcessorError::Config {
+            reason: e.to_string(),
+        })?;
+    if topic_exists(&c, topic, gate)? {
+        return Ok(());
     }
-    c.set("bootstrap.servers", &cfg.brokers);
-    let admin: AdminClient<DefaultClientContext> =
-        c.create().map_err(|e| kafka("admin client", e))?;
-    let result = ensure_with(&admin, topic, rt);
+    let admin: AdminClient<GateContext> = c
+        .create_with_context(GateContext(gate.clone()))
+        .map_err(|e| kafka("admin client", pgtrail_connect::kafka_error(&e)))?;
+    let result = create_topic(&admin, topic, rt);
     // Destroying a client waits for its threads: not on the way to the first message.
     std::thread::spawn(move || drop(admin));
     result
 }
 
-fn ensure_with(
-    admin: &AdminClient<DefaultClientContext>,
+/// Looks `topic` up with a client of its own, in 1 s steps for up to 15 s, serving the
+/// client's events between steps so that a connect failure no retry fixes ends the wait.
+fn topic_exists(
+    c: &ClientConfig,
     topic: &str,
-    rt: &Handle,
-) -> Result<(), ProcessorError> {
-    let exists = admin
-        .inner()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| kafka(&format!("metadata of {topic}"), e))?
+    gate: &Arc<LogGate>,
+) -> Result<bool, ProcessorError> {
+    let client: BaseConsumer<GateContext> = c
+        .create_with_context(GateContext(gate.clone()))
+        .map_err(|e| kafka("metadata client", pgtrail_connect::kafka_error(&e)))?;
+    let mut attempt = 0;
+    let metadata = loop {
+        attempt += 1;
+        match client.fetch_metadata(Some(topic), Duration::from_secs(1)) {
+            Ok(m) => {
+                gate.established();
+                break m;
+            }
+            Err(e) => {
+                // One queued event (log line, error) is served per call.
+                for _ in 0..64 {
+                    let _ = client.poll(Duration::ZERO);
+                }
+                if let Some(reason) = gate.connect_failure() {
+                    return Err(kafka("connect", reason));
+                }
+                if attempt >= 15 {
+                    return Err(kafka(&format!("metadata of {topic}"), e));
+                }
+            }
+        }
+    };
+    let exists = metadata
         .topics()
         .iter()
         .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-    if exists {
-        return Ok(());
-    }
+    std::thread::spawn(move || drop(client));
+    Ok(exists)
+}
+
+fn create_topic(
+    admin: &AdminClient<GateContext>,
+    topic: &str,
+    rt: &Handle,
+) -> Result<(), ProcessorError> {
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = rt
@@ -239,10 +297,11 @@ fn seek(consumer: &BaseConsumer<Ctx>, w: &mut Worker) -> Result<(), ProcessorErr
 pub fn run(
     cfg: Config,
     metrics: Metrics,
+    health: Arc<Health>,
     cancel: CancellationToken,
     rt: Handle,
 ) -> Result<Totals, ProcessorError> {
-    let consumer = connect(&cfg, &metrics, &rt)?;
+    let consumer = connect(&cfg, &metrics, health, &rt)?;
     let mut poll = PollLoop::new(&cfg);
     let outcome = loop {
         if cancel.is_cancelled() {
@@ -268,17 +327,21 @@ pub fn run(
 fn connect(
     cfg: &Config,
     metrics: &Metrics,
+    health: Arc<Health>,
     rt: &Handle,
 ) -> Result<BaseConsumer<Ctx>, ProcessorError> {
-    let registry = cfg
-        .registry_url
-        .as_deref()
-        .map(Registry::new)
-        .transpose()
-        .map_err(|e| ProcessorError::Config {
-            reason: format!("registry_url: {e}"),
-        })?;
-    let dlq = DeadLetters::new(&cfg.brokers, &cfg.dead_letter_topic, &cfg.kafka)?;
+    let registry = match cfg.registry_url.as_deref() {
+        Some(url) => {
+            let config = |reason: String| ProcessorError::Config { reason };
+            let auth = cfg.registry.auth().map_err(|e| config(e.to_string()))?;
+            let registry =
+                Registry::with_auth(url, auth).map_err(|e| config(format!("registry_url: {e}")))?;
+            Some(registry)
+        }
+        None => None,
+    };
+    let gate = Arc::new(LogGate::default());
+    let dlq = DeadLetters::new(cfg, gate.clone())?;
     let failpoints = Failpoints::from_env().map_err(|reason| ProcessorError::Config { reason })?;
     let worker = Worker::new(
         cfg.clone(),
@@ -291,10 +354,12 @@ fn connect(
     let ctx = Ctx {
         worker: Mutex::new(worker),
         metrics: metrics.clone(),
+        gate: gate.clone(),
+        health,
     };
-    let consumer: BaseConsumer<Ctx> = consumer_config(cfg)
+    let consumer: BaseConsumer<Ctx> = consumer_config(cfg)?
         .create_with_context(ctx)
-        .map_err(|e| kafka("consumer", e))?;
+        .map_err(|e| kafka("consumer", pgtrail_connect::kafka_error(&e)))?;
     let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -306,7 +371,7 @@ fn connect(
     );
     // While librdkafka joins the group in the background: nothing is dead-lettered before
     // the first poll.
-    ensure_topic(cfg, &cfg.dead_letter_topic, rt)?;
+    ensure_topic(cfg, &cfg.dead_letter_topic, rt, &gate)?;
     Ok(consumer)
 }
 
@@ -393,6 +458,18 @@ impl PollLoop {
         metrics
             .last_commit_age_seconds
             .set(metrics.last_commit_age_seconds.get() + 0.2);
+        let ctx = consumer.context();
+        if let Some(reason) = ctx.gate.connect_failure() {
+            return Err(kafka("connect", reason));
+        }
+        ctx.health.beat(self.now);
+        let waiting = metrics
+            .partitions_waiting
+            .get_or_create(&ReasonLabel {
+                reason: crate::telemetry::WAIT_REGISTRY.to_owned(),
+            })
+            .get();
+        ctx.health.report(READY_REGISTRY, waiting == 0);
         let mut w = consumer.context().worker();
         if let Some(e) = w.failed.take() {
             return Err(e);

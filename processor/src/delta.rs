@@ -9,7 +9,7 @@
 //! truth for where a partition resumes. Must not: talk to Kafka, or retry a commit (the
 //! committer decides whether one that failed may have landed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -218,13 +218,21 @@ impl AuditTable {
     /// Opens the table at `uri` (a local directory or object-store URL), creating it with the
     /// audit schema when it does not exist (checkpoints every 10 versions).
     pub async fn open_or_create(uri: &str) -> Result<AuditTable, ProcessorError> {
-        Self::open_or_create_with(uri, 10).await
+        Self::open_or_create_with(uri, HashMap::new(), 10).await
     }
 
     /// Opens an existing table; `Ok(None)` when there is none at `uri`.
     pub async fn open_existing(uri: &str) -> Result<Option<AuditTable>, ProcessorError> {
+        Self::open_existing_with(uri, HashMap::new()).await
+    }
+
+    /// [`AuditTable::open_existing`] with the table's storage `options` (`lake.rs`).
+    pub async fn open_existing_with(
+        uri: &str,
+        options: HashMap<String, String>,
+    ) -> Result<Option<AuditTable>, ProcessorError> {
         let url = deltalake::ensure_table_uri(uri).map_err(delta_err(uri, "resolve location"))?;
-        let table = DeltaTable::try_from_url(url)
+        let table = DeltaTable::try_from_url_with_storage_options(url, options)
             .await
             .map_err(delta_err(uri, "open"))?;
         Ok(table.version().is_some().then(|| AuditTable {
@@ -237,6 +245,7 @@ impl AuditTable {
     /// `checkpoint_interval` versions.
     pub async fn open_or_create_with(
         uri: &str,
+        options: HashMap<String, String>,
         checkpoint_interval: u64,
     ) -> Result<AuditTable, ProcessorError> {
         if !uri.contains("://") {
@@ -245,7 +254,7 @@ impl AuditTable {
             })?;
         }
         let url = deltalake::ensure_table_uri(uri).map_err(delta_err(uri, "resolve location"))?;
-        let table = DeltaTable::try_from_url(url)
+        let table = DeltaTable::try_from_url_with_storage_options(url, options)
             .await
             .map_err(delta_err(uri, "open"))?;
         if table.version().is_some() {
@@ -454,6 +463,16 @@ impl AuditTable {
     }
 
     /// Paths of the table's data files (for tests and status).
+    pub async fn file_paths(
+        &self,
+    ) -> Result<Vec<deltalake::logstore::object_store::path::Path>, ProcessorError> {
+        self.table
+            .get_files_by_partitions(&[])
+            .await
+            .map_err(delta_err(&self.uri, "list files"))
+    }
+
+    /// The URIs of the table's data files.
     pub fn file_uris(&self) -> Result<Vec<String>, ProcessorError> {
         Ok(self
             .table

@@ -12,22 +12,33 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use pgtrail_connect::LogGate;
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
+use crate::config::Config;
 use crate::error::ProcessorError;
 use crate::partition::DeadLetter;
 use crate::telemetry::{Metrics, ReasonLabel};
 
-/// Counts deliveries that failed.
-#[derive(Default)]
+/// Counts deliveries that failed; logs through the consumer's gate.
 pub struct DlqContext {
     failed: AtomicU64,
+    gate: Arc<LogGate>,
 }
 
-impl ClientContext for DlqContext {}
+impl ClientContext for DlqContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.gate.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.gate.error(&error, reason);
+    }
+}
 
 impl ProducerContext for DlqContext {
     type DeliveryOpaque = ();
@@ -55,23 +66,26 @@ fn kafka_err(topic: &str, reason: impl std::fmt::Display) -> ProcessorError {
 }
 
 impl DeadLetters {
-    /// A producer to `topic` (idempotent, acks=all) with the extra client `properties`.
-    pub fn new(
-        brokers: &str,
-        topic: &str,
-        properties: &std::collections::BTreeMap<String, String>,
-    ) -> Result<DeadLetters, ProcessorError> {
-        let mut cfg = ClientConfig::new();
-        for (k, v) in properties {
-            cfg.set(k, v);
-        }
-        cfg.set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
+    /// A producer to the configured dead-letter topic (idempotent, acks=all) with the
+    /// `[kafka]` section's properties and security; its logs and errors go through `gate`.
+    pub fn new(config: &Config, gate: Arc<LogGate>) -> Result<DeadLetters, ProcessorError> {
+        let topic = config.dead_letter_topic.as_str();
+        let mut cfg =
+            config
+                .kafka
+                .client_config(&config.brokers)
+                .map_err(|e| ProcessorError::Config {
+                    reason: e.to_string(),
+                })?;
+        cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "20");
         let producer = cfg
-            .create_with_context::<DlqContext, BaseProducer<DlqContext>>(DlqContext::default())
-            .map_err(|e| kafka_err(topic, e))?;
+            .create_with_context::<DlqContext, BaseProducer<DlqContext>>(DlqContext {
+                failed: AtomicU64::new(0),
+                gate,
+            })
+            .map_err(|e| kafka_err(topic, pgtrail_connect::kafka_error(&e)))?;
         let context = producer.context().clone();
         Ok(DeadLetters {
             topic: topic.to_owned(),

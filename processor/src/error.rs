@@ -81,6 +81,15 @@ pub enum ProcessorError {
         /// The offset at which it showed (a message, or the topic's end).
         got: i64,
     },
+    /// The lake location cannot be used: unreachable, credentials refused, or an S3 store
+    /// that does not honour conditional writes.
+    #[error("lake {location}: {reason}")]
+    Lake {
+        /// The lake root or table URI.
+        location: String,
+        /// What is wrong (the store's answer).
+        reason: String,
+    },
     /// Kafka client setup or a Kafka operation that must not fail (dead letters).
     #[error("kafka: {what}: {reason}")]
     Kafka {
@@ -133,6 +142,7 @@ impl ProcessorError {
             },
             ProcessorError::Injected(_) => ErrorClass::Retryable,
             ProcessorError::State { .. }
+            | ProcessorError::Lake { .. }
             | ProcessorError::TopicReset { .. }
             | ProcessorError::Config { .. }
             | ProcessorError::Kafka { .. }
@@ -153,7 +163,8 @@ impl ProcessorError {
             ProcessorError::Kafka { .. } => 4,
             ProcessorError::Delta { .. }
             | ProcessorError::State { .. }
-            | ProcessorError::StateIo { .. } => 5,
+            | ProcessorError::StateIo { .. }
+            | ProcessorError::Lake { .. } => 5,
             ProcessorError::TopicReset { .. } => 6,
             ProcessorError::Parse { .. } | ProcessorError::Injected(_) => 1,
         }

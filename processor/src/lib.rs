@@ -18,6 +18,7 @@ pub mod delta;
 pub mod dlq;
 pub mod error;
 pub mod failpoint;
+pub mod lake;
 pub mod parse;
 pub mod partition;
 pub mod state;

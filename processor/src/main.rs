@@ -23,6 +23,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use processor::config::{Command, RunArgs, StatusArgs};
+use processor::consumer::{READY_GROUP, READY_REGISTRY};
 use processor::telemetry::Metrics;
 use processor::{Cli, Config};
 use tokio_util::sync::CancellationToken;
@@ -96,6 +97,15 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let health = pgtrail_connect::Health::new(
+        Config::ms(cfg.liveness_timeout_ms),
+        &[READY_LAKE, READY_GROUP, READY_REGISTRY],
+    );
+    if let Err(e) = check_lake(&cfg).await {
+        tracing::error!(error = %e, "The lake cannot be used.");
+        return Ok(ExitCode::from(e.exit_code()));
+    }
+    health.report(READY_LAKE, true);
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -109,13 +119,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::default();
     if cfg.metrics_addr != "none" {
         let addr = cfg.metrics_addr.parse()?;
-        let bound = processor::telemetry::serve(addr, &metrics, cancel.clone()).await?;
+        let bound =
+            processor::telemetry::serve(addr, &metrics, health.clone(), cancel.clone()).await?;
         tracing::info!(%bound, "Metrics at /metrics.");
     }
     let handle = tokio::runtime::Handle::current();
     let worker_cancel = cancel.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        processor::consumer::run(cfg, metrics, worker_cancel, handle)
+        processor::consumer::run(cfg, metrics, health, worker_cancel, handle)
     })
     .await?;
     cancel.cancel();
@@ -138,10 +149,33 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Readiness condition: the lake locations were checked at start-up.
+const READY_LAKE: &str = "lake";
+
+/// The lake root and every explicitly mapped table location: reachable with the configured
+/// credentials, and committing safely (`lake.rs`).
+async fn check_lake(cfg: &Config) -> Result<(), processor::error::ProcessorError> {
+    let lake = processor::lake::Lake::from_section(&cfg.storage)?;
+    let mut locations: Vec<&str> = vec![&cfg.lake];
+    locations.extend(cfg.tables.values().map(String::as_str));
+    for location in locations {
+        lake.check(location).await?;
+        tracing::info!(location, "Lake reachable.");
+    }
+    Ok(())
+}
+
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let storage = match processor::config::Config::load_storage(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid configuration.");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
     let mut tables = args.table.clone();
     if let Some(lake) = &args.lake {
-        tables.extend(processor::status::find_tables(lake));
+        tables.extend(processor::status::find_tables(lake, &storage).await?);
     }
     if tables.is_empty() {
         eprintln!("status: no tables (give --lake or --table)");
@@ -149,7 +183,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     let mut all = Vec::new();
     for t in &tables {
-        match processor::status::table_status(t, args.summary).await? {
+        match processor::status::table_status(t, &storage, args.summary).await? {
             Some(s) => all.push(s),
             None => eprintln!("status: no Delta table at {t}"),
         }

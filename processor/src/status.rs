@@ -3,12 +3,12 @@
 //! audit class and result.
 //!
 //! Owns [`TableStatus`], [`table_status`], [`find_tables`] and [`read_table`] (reads a
-//! local table's data files; also used by tests and the quick start summary). Invariant: the
+//! table's data files, local or in an object store; also used by tests and the quick start
+//! summary). Invariant: the
 //! offsets shown are the `txn` versions in the table (the source of truth), not Kafka's
 //! committed offsets. Must not: write anything.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
@@ -17,8 +17,10 @@ use serde::Serialize;
 
 use crate::delta::AuditTable;
 use crate::error::ProcessorError;
+use crate::lake::{Backend, Lake};
 use crate::state::offset_app_id;
 use crate::topic_partition::TopicPartition;
+use deltalake::logstore::object_store::{ObjectStoreExt as _, path::Path as ObjectPath};
 
 /// One table's state.
 #[derive(Debug, Clone, Serialize)]
@@ -65,30 +67,61 @@ impl std::fmt::Display for TableStatus {
     }
 }
 
-/// Tables under `<lake>/pg_archive_sync/` (local lake directories only).
-pub fn find_tables(lake: &str) -> Vec<String> {
-    let root = Path::new(lake.strip_prefix("file://").unwrap_or(lake)).join("pg_archive_sync");
-    let mut out: Vec<String> = std::fs::read_dir(&root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("_delta_log").is_dir())
-        .map(|e| e.path().to_string_lossy().into_owned())
-        .collect();
+/// Tables under `<lake>/pg_archive_sync/`, local or in an object store.
+pub async fn find_tables(lake: &str, storage: &Lake) -> Result<Vec<String>, ProcessorError> {
+    let root = format!("{}/pg_archive_sync", lake.trim_end_matches('/'));
+    if Backend::of(lake)? == Backend::Local {
+        let dir = root.strip_prefix("file://").unwrap_or(&root);
+        let mut out: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("_delta_log").is_dir())
+            .map(|e| e.path().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        return Ok(out);
+    }
+    let store = storage.store(&root)?;
+    let listed = store
+        .list_with_delimiter(None)
+        .await
+        .map_err(|e| ProcessorError::Lake {
+            location: root.clone(),
+            reason: crate::lake::object_store_reason(&e),
+        })?;
+    let mut out = Vec::new();
+    for prefix in listed.common_prefixes {
+        let Some(name) = prefix.filename() else {
+            continue;
+        };
+        let log = ObjectPath::from(format!("{name}/_delta_log"));
+        let has_log = store
+            .list_with_delimiter(Some(&log))
+            .await
+            .is_ok_and(|l| !l.objects.is_empty());
+        if has_log {
+            out.push(format!("{root}/{name}"));
+        }
+    }
     out.sort();
-    out
+    Ok(out)
 }
 
-/// Every row of a local table, as Arrow batches.
-pub fn read_table(table: &AuditTable) -> Result<Vec<RecordBatch>, ProcessorError> {
+/// Every row of a table (local or in an object store), as Arrow batches.
+pub async fn read_table(table: &AuditTable) -> Result<Vec<RecordBatch>, ProcessorError> {
+    let store = table.object_store();
     let mut out = Vec::new();
-    for uri in table.file_uris()? {
-        let path = uri.strip_prefix("file://").unwrap_or(&uri);
-        let err = |e: String| ProcessorError::Config {
-            reason: format!("reading {path}: {e}"),
+    for path in table.file_paths().await? {
+        let err = |e: String| ProcessorError::Lake {
+            location: format!("{}/{path}", table.uri()),
+            reason: format!("reading: {e}"),
         };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        let bytes = match store.get(&path).await {
+            Ok(got) => got.bytes().await.map_err(|e| err(e.to_string()))?,
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
             .map_err(|e| err(e.to_string()))?;
         for batch in reader {
@@ -123,8 +156,12 @@ pub fn strings(batches: &[RecordBatch], name: &str) -> Vec<Option<String>> {
 }
 
 /// The status of the table at `uri` (`Ok(None)`: no table there).
-pub async fn table_status(uri: &str, summary: bool) -> Result<Option<TableStatus>, ProcessorError> {
-    let Some(table) = AuditTable::open_existing(uri).await? else {
+pub async fn table_status(
+    uri: &str,
+    storage: &Lake,
+    summary: bool,
+) -> Result<Option<TableStatus>, ProcessorError> {
+    let Some(table) = AuditTable::open_existing_with(uri, storage.options_for(uri)).await? else {
         return Ok(None);
     };
     let mut offsets = BTreeMap::new();
@@ -153,7 +190,7 @@ pub async fn table_status(uri: &str, summary: bool) -> Result<Option<TableStatus
         }
     }
     let classes = if summary {
-        let batches = read_table(&table)?;
+        let batches = read_table(&table).await?;
         let mut counts = BTreeMap::new();
         let class = strings(&batches, "audit_class");
         let result = strings(&batches, "result");

@@ -317,16 +317,17 @@ impl Metrics {
 /// Partitions waiting for the Schema Registry (a readiness failure).
 pub const WAIT_REGISTRY: &str = "schema_registry";
 
-/// Serves `GET /metrics` (OpenMetrics text), `GET /healthz` (alive) and `GET /readyz` (503
-/// while a partition waits for a dependency) until `cancel`; returns the bound address.
+/// Serves `GET /metrics` (OpenMetrics text), `GET /healthz` (503 when the poll loop is hung)
+/// and `GET /readyz` (503 before the lake was checked and the group joined, and while a
+/// partition waits for the Schema Registry) until `cancel`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
     metrics: &Metrics,
+    health: Arc<pgtrail_connect::Health>,
     cancel: CancellationToken,
 ) -> Result<SocketAddr, ProcessorError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let waiting = metrics.partitions_waiting.clone();
     let registry = Arc::new(registry);
     let err = |e: std::io::Error| ProcessorError::Config {
         reason: format!("metrics address {addr}: {e}"),
@@ -356,27 +357,7 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let waiting = waiting
-                    .get_or_create(&ReasonLabel {
-                        reason: WAIT_REGISTRY.to_owned(),
-                    })
-                    .get();
-                async move {
-                    if waiting > 0 {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            format!("waiting for the schema registry ({waiting} partitions)\n"),
-                        )
-                    } else {
-                        (axum::http::StatusCode::OK, "ready\n".to_owned())
-                    }
-                }
-            }),
-        );
+        .merge(pgtrail_connect::health_routes(health));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(cancel.cancelled_owned())

@@ -2,8 +2,9 @@
 //!
 //! Owns [`Config`] (every field documented with unit and default) and [`Cli`]. Invariants: the
 //! file is parsed with `deny_unknown_fields`; a flag given on the command line wins over the
-//! file; the only environment variable read is `PGTRAIL_LOG` (log filter, in `main.rs`).
-//! Must not: open files, sockets or Kafka connections.
+//! file; environment variables are read only where the file names them (secrets) and
+//! `PGTRAIL_LOG` (log filter, in `main.rs`). Must not: read secrets (they are read when
+//! clients are built), open sockets or Kafka connections.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use pgtrail_avro::LogFormat;
 use serde::Deserialize;
+
+use pgtrail_connect::{KafkaSection, RegistrySection};
 
 use crate::error::ShipperError;
 
@@ -122,12 +125,18 @@ pub struct Config {
     pub topic_partitions: i32,
     /// Replication factor of a created topic. Default 1 (use 3 in production).
     pub topic_replication_factor: i32,
-    /// Extra librdkafka producer properties (security settings...). Default none. Values are
-    /// never logged. The delivery guarantees (`enable.idempotence`, `acks`,
-    /// `message.timeout.ms`) cannot be overridden.
+    /// `[kafka]`: librdkafka producer properties passed through (values never logged; the
+    /// delivery guarantees `enable.idempotence`, `enable.gapless.guarantee`, `acks`,
+    /// `message.timeout.ms` cannot be overridden; secrets are refused by value), and
+    /// `[kafka.security]`: TLS, mutual TLS and SASL with secrets from files or environment
+    /// variables (README, "Secured Kafka"). Default: plaintext.
+    pub kafka: KafkaSection,
+    /// Older spelling of `[kafka]`'s passthrough properties, merged into them. Default none.
     pub kafka_properties: BTreeMap<String, String>,
     /// Schema Registry URL. Default none: single-object encoding.
     pub registry_url: Option<String>,
+    /// `[registry]`: Schema Registry basic auth and CA. Default none.
+    pub registry: RegistrySection,
     /// Checkpoint directory. Default `/var/lib/pgtrail-shipper`.
     pub state_dir: PathBuf,
     /// Records per second at most; 0 = unlimited. Default 20000.
@@ -155,8 +164,12 @@ pub struct Config {
     /// On SIGTERM, how long to wait for in-flight records to be acknowledged, seconds.
     /// Default 30.
     pub drain_timeout_secs: u64,
-    /// Prometheus endpoint address; `none` disables it. Default `127.0.0.1:9898`.
+    /// Prometheus endpoint address (also `/healthz` and `/readyz`); `none` disables it.
+    /// Default `127.0.0.1:9898`.
     pub metrics_addr: String,
+    /// Milliseconds the main loop may go without progress before `/healthz` fails (a hung
+    /// loop is restarted). Default 300000.
+    pub liveness_timeout_ms: u64,
     /// Ship what is there, wait for acknowledgements, exit. Default false.
     pub once: bool,
 }
@@ -175,8 +188,10 @@ impl Default for Config {
             create_topic: true,
             topic_partitions: 6,
             topic_replication_factor: 1,
+            kafka: KafkaSection::default(),
             kafka_properties: BTreeMap::new(),
             registry_url: None,
+            registry: RegistrySection::default(),
             state_dir: PathBuf::from("/var/lib/pgtrail-shipper"),
             max_records_per_sec: 20_000,
             burst_records: None,
@@ -190,28 +205,9 @@ impl Default for Config {
             checkpoint_retention_hours: 168,
             drain_timeout_secs: 30,
             metrics_addr: "127.0.0.1:9898".into(),
+            liveness_timeout_ms: 300_000,
             once: false,
         }
-    }
-}
-
-/// A TOML error without the file's text: what is wrong and where (line, column). toml's own
-/// message quotes the offending line and serde's quote a value of the wrong type; either can
-/// be a secret written where it does not belong. Double-quoted parts of the message are left
-/// out; key names (in backticks) stay.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let mut message = String::new();
-    for (i, part) in e.message().split('"').enumerate() {
-        message.push_str(if i % 2 == 0 { part } else { "…" });
-    }
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {column}: {}", message.trim())
-        }
-        None => message.trim().to_owned(),
     }
 }
 
@@ -234,9 +230,19 @@ impl Config {
 
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, ShipperError> {
-        toml::from_str(text).map_err(|e| ShipperError::Config {
-            reason: toml_error(text, &e),
-        })
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ShipperError::Config {
+            reason: pgtrail_connect::toml_error(text, &e),
+        })?;
+        for (k, v) in std::mem::take(&mut cfg.kafka_properties) {
+            if cfg.kafka.properties.insert(k.clone(), v).is_some() {
+                return Err(ShipperError::Config {
+                    reason: format!(
+                        "kafka property {k} is set in both [kafka] and [kafka_properties]"
+                    ),
+                });
+            }
+        }
+        Ok(cfg)
     }
 
     fn apply(&mut self, cli: &Cli) {
@@ -309,6 +315,10 @@ impl Config {
         }
         if self.read_chunk_bytes < 512 || self.max_in_flight_bytes < self.read_chunk_bytes {
             return fail("read_chunk_bytes must be >= 512 and <= max_in_flight_bytes");
+        }
+        let url = self.registry_url.as_deref();
+        if let Err(e) = pgtrail_connect::validate(&self.kafka, &self.registry, url) {
+            return fail(&e.to_string());
         }
         if self.metrics_addr != "none" && self.metrics_addr.parse::<SocketAddr>().is_err() {
             return fail(&format!(

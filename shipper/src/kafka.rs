@@ -8,11 +8,11 @@
 //! [`Delivery`], success or error, so the pipeline can keep exact in-flight accounting.
 //! Must not: decide retries or checkpoints; never log property values (they may hold secrets).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use pgtrail_connect::{GateContext, KafkaSection, LogGate};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -57,35 +57,25 @@ pub struct DeliveryFailure {
     pub permanent: bool,
 }
 
-/// librdkafka callbacks → channel + tracing.
+/// librdkafka callbacks → channel + tracing (through the log gate).
 pub struct SinkContext {
     tx: mpsc::UnboundedSender<Delivery>,
     brokers_down: Arc<AtomicBool>,
+    gate: Arc<LogGate>,
 }
 
 impl ClientContext for SinkContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        self.gate.log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            if !self.brokers_down.swap(true, Ordering::Relaxed) {
-                tracing::warn!(%reason, "All Kafka brokers are down; records wait in memory and reading pauses when the in-flight limit is reached.");
-            }
-        } else {
-            tracing::warn!(%error, %reason, "Kafka client error.");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && !self.brokers_down.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(%reason, "All Kafka brokers are down; records wait in memory and reading pauses when the in-flight limit is reached.");
         }
+        self.gate.error(&error, reason);
     }
 }
 
@@ -105,6 +95,7 @@ impl ProducerContext for SinkContext {
         };
         if result.is_ok() {
             self.brokers_down.store(false, Ordering::Relaxed);
+            self.gate.established();
         }
         // The receiver lives as long as the pipeline; after it is gone nothing needs reports.
         let _ = self.tx.send(Delivery {
@@ -145,6 +136,7 @@ pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
     topic: String,
     brokers_down: Arc<AtomicBool>,
+    gate: Arc<LogGate>,
 }
 
 /// Settings for [`KafkaSink::new`].
@@ -160,8 +152,8 @@ pub struct SinkSettings {
     pub max_message_bytes: usize,
     /// librdkafka queue budget, bytes.
     pub queue_bytes: usize,
-    /// Extra properties.
-    pub properties: BTreeMap<String, String>,
+    /// The `[kafka]` section: passthrough properties and security.
+    pub kafka: KafkaSection,
 }
 
 impl SinkSettings {
@@ -173,7 +165,7 @@ impl SinkSettings {
             client_id: format!("pgtrail-shipper-{}", cfg.server),
             max_message_bytes: cfg.max_record_bytes + 64 * 1024,
             queue_bytes: cfg.max_in_flight_bytes * 2,
-            properties: cfg.kafka_properties.clone(),
+            kafka: cfg.kafka.clone(),
         }
     }
 }
@@ -181,18 +173,18 @@ impl SinkSettings {
 /// The librdkafka producer configuration the shipper uses (also used by the benchmark's
 /// baseline producer, so both send with exactly the same settings).
 pub fn producer_config(s: &SinkSettings) -> Result<ClientConfig, ShipperError> {
-    let mut cfg = ClientConfig::new();
-    for (k, v) in &s.properties {
-        if PROTECTED.contains(&k.as_str()) {
-            return Err(ShipperError::KafkaSetup {
-                topic: s.topic.clone(),
-                reason: format!("kafka property {k} cannot be overridden"),
-            });
-        }
-        cfg.set(k, v);
+    if let Some(k) = s
+        .kafka
+        .properties
+        .keys()
+        .find(|k| PROTECTED.contains(&k.as_str()))
+    {
+        return Err(ShipperError::Config {
+            reason: format!("kafka property {k} cannot be overridden"),
+        });
     }
-    cfg.set("bootstrap.servers", &s.brokers)
-        .set("client.id", &s.client_id)
+    let mut cfg = client_config(&s.brokers, &s.kafka)?;
+    cfg.set("client.id", &s.client_id)
         .set("enable.idempotence", "true")
         // A failed batch makes the producer fatal instead of letting later batches of the
         // partition through (a gap the processor would take for re-shipped records).
@@ -214,6 +206,15 @@ pub fn producer_config(s: &SinkSettings) -> Result<ClientConfig, ShipperError> {
     Ok(cfg)
 }
 
+/// A client configuration for `brokers` with the `[kafka]` section applied (secrets read).
+fn client_config(brokers: &str, kafka: &KafkaSection) -> Result<ClientConfig, ShipperError> {
+    kafka
+        .client_config(brokers)
+        .map_err(|e| ShipperError::Config {
+            reason: e.to_string(),
+        })
+}
+
 impl KafkaSink {
     /// Creates the producer; delivery reports go to the returned receiver.
     pub fn new(
@@ -226,18 +227,21 @@ impl KafkaSink {
         let cfg = producer_config(s)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let brokers_down = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(LogGate::default());
         let ctx = SinkContext {
             tx,
             brokers_down: brokers_down.clone(),
+            gate: gate.clone(),
         };
         let producer = cfg
             .create_with_context::<_, ThreadedProducer<SinkContext>>(ctx)
-            .map_err(|e| setup(e.to_string()))?;
+            .map_err(|e| setup(pgtrail_connect::kafka_error(&e)))?;
         Ok((
             KafkaSink {
                 producer,
                 topic: s.topic.clone(),
                 brokers_down,
+                gate,
             },
             rx,
         ))
@@ -261,6 +265,17 @@ impl KafkaSink {
         self.producer.send(record).map_err(|(e, _)| e)
     }
 
+    /// A failure no retry fixes (authentication, TLS, a listener of another security
+    /// protocol), naming the broker, if one was reported.
+    pub fn connect_failure(&self) -> Option<String> {
+        self.gate.connect_failure()
+    }
+
+    /// Marks the connection as established (a producer replacing one whose settings worked).
+    pub fn established(&self) {
+        self.gate.established();
+    }
+
     /// librdkafka's fatal error, if the producer became unusable (idempotence violated...).
     pub fn fatal_error(&self) -> Option<String> {
         self.producer
@@ -271,20 +286,32 @@ impl KafkaSink {
 
     /// Whether the topic exists with partitions (a metadata lookup, which needs no
     /// CreateTopics permission; librdkafka's mock cluster does not answer CreateTopics).
+    /// Looks up for up to 10 s, in 1 s steps so that a connect failure ends it early.
     async fn topic_exists(&self, cfg: &ClientConfig) -> bool {
         let cfg = cfg.clone();
         let topic = self.topic.clone();
+        let gate = self.gate.clone();
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::Consumer;
-            let client: rdkafka::consumer::BaseConsumer = cfg.create().ok()?;
-            let md = client
-                .fetch_metadata(Some(&topic), Duration::from_secs(10))
-                .ok()?;
-            Some(
-                md.topics().iter().any(|t| {
-                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                }),
-            )
+            let client: rdkafka::consumer::BaseConsumer<GateContext> =
+                cfg.create_with_context(GateContext(gate.clone())).ok()?;
+            for _ in 0..10 {
+                if let Ok(md) = client.fetch_metadata(Some(&topic), Duration::from_secs(1)) {
+                    gate.established();
+                    return Some(md.topics().iter().any(|t| {
+                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                    }));
+                }
+                // The client's logs and errors reach the gate when it is polled, one queued
+                // event per call.
+                for _ in 0..64 {
+                    let _ = client.poll(Duration::ZERO);
+                }
+                if gate.connect_failure().is_some() {
+                    return None;
+                }
+            }
+            None
         })
         .await
         .ok()
@@ -296,7 +323,7 @@ impl KafkaSink {
     pub async fn ensure_topic(
         &self,
         brokers: &str,
-        properties: &BTreeMap<String, String>,
+        kafka: &KafkaSection,
         partitions: i32,
         replication: i32,
         cancel: &tokio_util::sync::CancellationToken,
@@ -305,19 +332,18 @@ impl KafkaSink {
             topic: self.topic.clone(),
             reason,
         };
-        let mut cfg = ClientConfig::new();
-        for (k, v) in properties {
-            if !PROTECTED.contains(&k.as_str()) {
-                cfg.set(k, v);
-            }
-        }
-        cfg.set("bootstrap.servers", brokers);
+        let cfg = client_config(brokers, kafka)?;
         if self.topic_exists(&cfg).await {
             return Ok(());
         }
-        let admin: AdminClient<_> = cfg.create().map_err(|e| setup(e.to_string()))?;
+        let admin: AdminClient<_> = cfg
+            .create_with_context(GateContext(self.gate.clone()))
+            .map_err(|e| setup(pgtrail_connect::kafka_error(&e)))?;
         let mut delay = Duration::from_millis(200);
         loop {
+            if let Some(reason) = self.gate.connect_failure() {
+                return Err(setup(reason));
+            }
             let topic = NewTopic::new(
                 &self.topic,
                 partitions,

@@ -14,11 +14,13 @@ mod recover;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use pgtrail_avro::{Encoder, LogFormat, RecordFields, Registry};
+use pgtrail_connect::Health;
 use rdkafka::error::RDKafkaErrorCode;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
@@ -63,6 +65,8 @@ pub struct Shipper {
     encoder: Encoder,
     checkpoints: crate::checkpoint::Checkpoints,
     metrics: Metrics,
+    /// Liveness (the loop beats) and readiness (state lock, Kafka).
+    health: Arc<Health>,
     files: BTreeMap<u64, TailedFile>,
     by_inode: HashMap<(u64, u64), u64>,
     skipped: HashSet<(u64, u64)>,
@@ -97,19 +101,33 @@ fn now_micros() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// Readiness condition: the state directory's lock is held.
+const READY_STATE_LOCK: &str = "state_lock";
+/// Readiness condition: Kafka answers (the topic was found or created; not all brokers down).
+pub(crate) const READY_KAFKA: &str = "kafka";
+
 /// Runs the shipper until `cancel` (or, with `once`, until everything present is shipped).
 pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, ShipperError> {
     let metrics = Metrics::default();
     metrics.kafka_up.set(1);
+    let health = Health::new(
+        Config::ms(cfg.liveness_timeout_ms),
+        &[READY_STATE_LOCK, READY_KAFKA],
+    );
     if let Some(addr) = cfg.metrics_socket() {
-        let bound = crate::telemetry::serve(addr, &metrics, cancel.child_token()).await?;
+        let bound =
+            crate::telemetry::serve(addr, &metrics, health.clone(), cancel.child_token()).await?;
         info!(%bound, "Serving Prometheus metrics on /metrics.");
     }
     let checkpoints = crate::checkpoint::Checkpoints::open(&cfg.state_dir)?;
+    health.report(READY_STATE_LOCK, true);
     let topic = cfg.topic();
     let encoder = match &cfg.registry_url {
         Some(url) => {
-            let registry = Registry::new(url)?;
+            let auth = cfg.registry.auth().map_err(|e| ShipperError::Config {
+                reason: e.to_string(),
+            })?;
+            let registry = Registry::with_auth(url, auth)?;
             let id = register_with_retry(&registry, &topic, &cancel).await?;
             info!(
                 topic,
@@ -124,12 +142,13 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
     if cfg.create_topic {
         sink.ensure_topic(
             &cfg.brokers,
-            &cfg.kafka_properties,
+            &cfg.kafka,
             cfg.topic_partitions,
             cfg.topic_replication_factor,
             &cancel,
         )
         .await?;
+        health.report(READY_KAFKA, true);
     }
     let host = cfg.host.clone().unwrap_or_else(hostname);
     let limiter = NonZeroU32::new(cfg.max_records_per_sec).map(|rate| {
@@ -166,6 +185,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
         encoder,
         checkpoints,
         metrics,
+        health,
         files: BTreeMap::new(),
         by_inode: HashMap::new(),
         skipped: HashSet::new(),
@@ -235,6 +255,7 @@ impl Shipper {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let started = Instant::now();
         loop {
+            self.health.beat(std::time::Instant::now());
             if let Some(e) = self.fatal.take() {
                 self.checkpoints.write_if_dirty()?;
                 return Err(e);

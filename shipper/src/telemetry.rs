@@ -191,11 +191,13 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) and `GET /healthz` until `cancel`.
-/// Returns the bound address (useful with port 0).
+/// Serves `GET /metrics` (Prometheus text format), `GET /healthz` (503 when the main loop is
+/// hung) and `GET /readyz` (503 until the state lock is held and Kafka answers, and while all
+/// brokers are down) until `cancel`. Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
     metrics: &Metrics,
+    health: Arc<pgtrail_connect::Health>,
     cancel: CancellationToken,
 ) -> Result<SocketAddr, ShipperError> {
     let mut registry = Registry::default();
@@ -236,7 +238,7 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .merge(pgtrail_connect::health_routes(health));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(cancel.cancelled_owned())

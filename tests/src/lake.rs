@@ -35,15 +35,21 @@ pub struct Row {
 
 /// Every row of the table at `uri` (panics when there is none).
 pub fn read_rows(uri: &str) -> Vec<Row> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    read_rows_with(uri, HashMap::new())
+}
+
+/// Every row of the table at `uri` opened with deltalake storage `options` (object stores).
+pub fn read_rows_with(uri: &str, options: HashMap<String, String>) -> Vec<Row> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     let table: AuditTable = rt
-        .block_on(AuditTable::open_existing(uri))
+        .block_on(AuditTable::open_existing_with(uri, options))
         .expect("open table")
         .unwrap_or_else(|| panic!("no table at {uri}"));
-    let batches = read_table(&table).expect("read table");
+    let batches = rt.block_on(read_table(&table)).expect("read table");
     let col = |n: &str| strings(&batches, n);
     let (ids, classes, results, codes, statements, srcs) = (
         col("event_id"),
@@ -198,7 +204,18 @@ pub const WORKLOAD_FAILURES: [(&str, &str, &str, bool); 10] = [
 /// `reference` (same event ids, results and SQLSTATEs; no duplicate) and as many audited rows
 /// and unaudited failures as the independent count. Prints what is missing per partition.
 pub fn assert_exact(uri: &str, reference: &str, expected: &Expected) {
-    let rows = read_rows(uri);
+    assert_exact_with(uri, HashMap::new(), reference, expected);
+}
+
+/// [`assert_exact`] for a table at `uri` opened with deltalake storage `options` (object
+/// stores); the reference is local.
+pub fn assert_exact_with(
+    uri: &str,
+    options: HashMap<String, String>,
+    reference: &str,
+    expected: &Expected,
+) {
+    let rows = read_rows_with(uri, options);
     let reference = read_rows(reference);
     let ids: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
     let unaudited = rows.iter().filter(|r| r.unaudited).count();

@@ -3,15 +3,18 @@
 //!
 //! Owns: [`broker`] (Tansu behind a cuttable proxy), [`pglogs`] (log generation and an
 //! independent record enumeration), [`consume`] (reading topics back), [`process`] (building
-//! and running the binaries), [`registry`] (a Schema Registry that can be taken down). Must
+//! and running the binaries), [`registry`] (a Schema Registry that can be taken down),
+//! [`secure`] (TLS and SCRAM brokers), [`objstore`] (S3 and Azure emulators). Must
 //! not: reimplement product logic it checks.
 
 pub mod broker;
 pub mod consume;
 pub mod lake;
+pub mod objstore;
 pub mod pglogs;
 pub mod process;
 pub mod registry;
+pub mod secure;
 
 use std::path::PathBuf;
 

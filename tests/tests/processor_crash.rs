@@ -3,15 +3,18 @@
 //! (failpoints: writing the state object, uploading files, before the log entry, right after
 //! it landed, in the maintenance after it) and killed twice at random moments. At the end the
 //! table holds exactly the expected rows: no duplicate, none missing, compared with an
-//! independent count and with an undisturbed reference run over the same topic.
+//! independent count and with an undisturbed reference run over the same topic. Run twice:
+//! with a local lake and with the table in an S3-compatible store (moto).
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgtrail_tests::WorkDir;
 use pgtrail_tests::broker::Broker;
-use pgtrail_tests::lake::{assert_exact, expected_rows, processor_args, table_uri};
+use pgtrail_tests::lake::{assert_exact_with, expected_rows, processor_args, table_uri};
+use pgtrail_tests::objstore::Moto;
 use pgtrail_tests::pglogs::PgCluster;
 use pgtrail_tests::process::{
     Processor, Shipper, process_until_idle, run_shipper_once, shipper_args,
@@ -33,6 +36,21 @@ impl Rng {
 
 #[test]
 fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
+    crash_rounds(None);
+}
+
+/// The same rounds with the table in an S3-compatible store (moto), committed with
+/// put-if-absent.
+#[test]
+fn kill_9_processor_with_an_s3_lake_exact_rows() {
+    let work = WorkDir::new("pcrash-s3-store");
+    let moto = Moto::start(&work.path().join("moto.log"));
+    crash_rounds(Some(&moto));
+}
+
+/// Kills the processor at every commit step and at random, and the shipper twice, while
+/// PostgreSQL writes; the table (local, or in `s3`) then equals an undisturbed run.
+fn crash_rounds(s3: Option<&Moto>) {
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -61,9 +79,20 @@ fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
         "--config".into(),
         shipper_cfg.to_string_lossy().into_owned(),
     ]);
-    let lake = work.path().join("lake");
+    let (lake, storage) = match s3 {
+        Some(moto) => {
+            let key = work.path().join("s3-key");
+            std::fs::write(&key, "testing").unwrap();
+            (PathBuf::from("s3://lake/crash"), moto.storage_toml(&key))
+        }
+        None => (work.path().join("lake"), String::new()),
+    };
     let proc_cfg = work.path().join("processor.toml");
-    std::fs::write(&proc_cfg, "flush_interval_ms = 300\nflush_rows = 2000\n").unwrap();
+    std::fs::write(
+        &proc_cfg,
+        format!("flush_interval_ms = 300\nflush_rows = 2000\n{storage}"),
+    )
+    .unwrap();
     let mut args = processor_args(
         &broker.bootstrap(),
         &lake,
@@ -166,8 +195,9 @@ fn kill_9_processor_five_times_and_shipper_twice_exact_rows() {
     );
     finish(&reference_args, "processor-reference");
 
-    assert_exact(
+    assert_exact_with(
         &table_uri(&lake, "primary"),
+        s3.map(Moto::options).unwrap_or_default(),
         &table_uri(&reference_lake, "primary"),
         &expected_rows(&cluster.server_dir("primary")),
     );

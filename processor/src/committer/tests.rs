@@ -1,6 +1,7 @@
 //! Tests of [`Committer`] on local tables: faults injected at every step of a commit, a zombie
 //! instance, resume state that survives checkpoints, log cleanup and other commits.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::arrow::array::AsArray;
@@ -74,6 +75,7 @@ async fn offsets(dir: &std::path::Path) -> Vec<i64> {
     let uri = dir.join("t").to_string_lossy().into_owned();
     let table = AuditTable::open_existing(&uri).await.unwrap().unwrap();
     let mut out: Vec<i64> = read_table(&table)
+        .await
         .unwrap()
         .iter()
         .flat_map(|b| {
@@ -310,8 +312,15 @@ async fn another_group_is_refused_a_table_holding_its_topic() {
     // The same group, and another group when allowed, go on.
     assert!(a.resume(&tp(1)).await.unwrap().checkpoint.is_none());
     let uri = dir.path().join("t").to_string_lossy().into_owned();
-    let mut allowed = Committer::open_with(&uri, "b", 10, Arc::new(Failpoints::none()), true)
-        .await
-        .unwrap();
+    let mut allowed = Committer::open_with(
+        &uri,
+        HashMap::new(),
+        "b",
+        10,
+        Arc::new(Failpoints::none()),
+        true,
+    )
+    .await
+    .unwrap();
     assert!(allowed.resume(&tp(1)).await.is_ok());
 }

@@ -42,8 +42,11 @@ impl Worker {
         }
         if slot.committer.is_none() {
             let uri = self.cfg.table_for_topic(topic);
+            // Secrets are read again for each table opened (a rotated key file is picked up).
+            let options = crate::lake::Lake::from_section(&self.cfg.storage)?.options_for(&uri);
             let committer = self.rt.block_on(Committer::open_with(
                 &uri,
+                options,
                 &self.cfg.group,
                 self.cfg.checkpoint_interval,
                 self.failpoints.clone(),

@@ -10,8 +10,11 @@ use rdkafka::consumer::BaseConsumer;
 use super::*;
 
 fn worker(rt: &tokio::runtime::Runtime) -> Worker {
-    let dlq = DeadLetters::new("127.0.0.1:1", "pgaudit.deadletter", &Default::default())
-        .expect("producer");
+    let cfg = Config {
+        brokers: "127.0.0.1:1".into(),
+        ..Config::default()
+    };
+    let dlq = DeadLetters::new(&cfg, Default::default()).expect("producer");
     Worker::new(
         Config::default(),
         rt.handle().clone(),

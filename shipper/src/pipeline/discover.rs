@@ -244,6 +244,13 @@ impl Shipper {
     /// Checkpoint tick: write moved checkpoints, refresh gauges, report progress, recover from
     /// a fatal producer error.
     pub(super) fn checkpoint(&mut self) -> Result<(), ShipperError> {
+        if let Some(reason) = self.sink.connect_failure() {
+            self.checkpoints.write_if_dirty()?;
+            return Err(ShipperError::KafkaSetup {
+                topic: self.sink.topic().to_owned(),
+                reason,
+            });
+        }
         if let Some(reason) = self.sink.fatal_error() {
             self.start_recovery(&format!("producer failed fatally: {reason}"));
         }
@@ -263,6 +270,8 @@ impl Shipper {
         m.in_flight_bytes.set(self.in_flight_bytes as i64);
         m.files_open.set(self.files.len() as i64);
         m.kafka_up.set(i64::from(!self.sink.brokers_down()));
+        self.health
+            .report(super::READY_KAFKA, !self.sink.brokers_down());
         let mut lag = 0u64;
         for f in self.files.values() {
             lag += f.lag_bytes();

@@ -87,6 +87,10 @@ impl Shipper {
             return Ok(());
         }
         let (sink, deliveries) = KafkaSink::new(&SinkSettings::from_config(&self.cfg))?;
+        // The settings worked for the old producer: the new one's errors are transient.
+        if self.sink.connect_failure().is_none() {
+            sink.established();
+        }
         // The old producer is dropped here (its queue, if any is left, purged): records not
         // acknowledged are read again below.
         self.sink = sink;

@@ -26,6 +26,7 @@ fn main() {
         ..processor::config::Config::default()
     };
     let consumer: BaseConsumer = processor::consumer::consumer_config(&cfg)
+        .expect("config")
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
