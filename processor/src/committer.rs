@@ -343,7 +343,12 @@ impl Committer {
             match step {
                 Ok(a) => break a,
                 Err(e) if e.class() == ErrorClass::Retryable => {
-                    metrics.commit_conflicts.get_or_create(&label).inc();
+                    let counter = if e.is_conflict() {
+                        &metrics.commit_conflicts
+                    } else {
+                        &metrics.commit_store_errors
+                    };
+                    counter.get_or_create(&label).inc();
                     let backoff =
                         Duration::from_millis(50 << attempt.min(9)).min(Duration::from_secs(30));
                     warn!(

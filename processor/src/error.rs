@@ -116,6 +116,16 @@ pub enum ProcessorError {
 }
 
 impl ProcessorError {
+    /// Whether this is another writer having taken the Delta version (not a store failure).
+    pub fn is_conflict(&self) -> bool {
+        use deltalake::DeltaTableError as D;
+        matches!(
+            self,
+            ProcessorError::Delta { source, .. }
+                if matches!(source.as_ref(), D::VersionAlreadyExists(_) | D::Transaction { .. })
+        )
+    }
+
     /// How the caller must treat this error.
     pub fn class(&self) -> ErrorClass {
         use deltalake::DeltaTableError as D;
@@ -168,5 +178,37 @@ impl ProcessorError {
             ProcessorError::TopicReset { .. } => 6,
             ProcessorError::Parse { .. } | ProcessorError::Injected(_) => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(source: deltalake::DeltaTableError) -> ProcessorError {
+        ProcessorError::Delta {
+            table: "t".into(),
+            operation: "commit",
+            source: Box::new(source),
+        }
+    }
+
+    #[test]
+    fn conflicts_and_store_failures_are_told_apart_and_both_retried() {
+        let conflict = delta(deltalake::DeltaTableError::VersionAlreadyExists(3));
+        let store = delta(deltalake::DeltaTableError::ObjectStore {
+            source: deltalake::ObjectStoreError::Generic {
+                store: "S3",
+                source: "503 SlowDown".into(),
+            },
+        });
+        assert!(conflict.is_conflict() && !store.is_conflict());
+        assert_eq!(conflict.class(), ErrorClass::Retryable);
+        assert_eq!(store.class(), ErrorClass::Retryable);
+        let lake = ProcessorError::Lake {
+            location: "s3://b".into(),
+            reason: "the store ignores conditional writes".into(),
+        };
+        assert_eq!((lake.class(), lake.exit_code()), (ErrorClass::Fatal, 5));
     }
 }

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub commits: Family<TableLabel, Counter>,
     /// Delta commit attempts that conflicted with another writer and were retried.
     pub commit_conflicts: Family<TableLabel, Counter>,
+    /// Delta commit attempts that failed on the store (503 SlowDown, timeouts, I/O after
+    /// object_store's own retries) and were retried.
+    pub commit_store_errors: Family<TableLabel, Counter>,
     /// Seconds per Delta commit (write + commit, retries included).
     pub commit_duration_seconds: Family<TableLabel, Histogram, fn() -> Histogram>,
     /// Delta table version after the last commit.
@@ -155,6 +158,7 @@ impl Default for Metrics {
             rows_buffered: Gauge::default(),
             commits: Family::default(),
             commit_conflicts: Family::default(),
+            commit_store_errors: Family::default(),
             commit_duration_seconds: Family::new_with_constructor(commit_seconds),
             delta_version: Family::default(),
             consumer_lag_messages: Family::default(),
@@ -235,6 +239,11 @@ impl Metrics {
             "commit_conflicts",
             "Delta commit conflicts retried",
             self.commit_conflicts.clone(),
+        );
+        r.register(
+            "commit_store_errors",
+            "Delta commit attempts failed on the object store and retried",
+            self.commit_store_errors.clone(),
         );
         r.register(
             "commit_duration_seconds",
