@@ -5,17 +5,19 @@
 //! the topic with `--exit-when-idle`. The table then holds exactly the rows of an undisturbed
 //! single-instance run and of the independent count. Once with the cooperative-sticky
 //! (incremental) assignor and once with an eager one (`range`), as two groups over the same
-//! topic at the same time.
+//! topic at the same time; the eager pair writes its table in an S3-compatible store (moto).
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
 
 use pgtrail_tests::WorkDir;
 use pgtrail_tests::broker::Broker;
-use pgtrail_tests::lake::{assert_exact, expected_rows, processor_args, table_uri};
+use pgtrail_tests::lake::{assert_exact_with, expected_rows, processor_args, table_uri};
+use pgtrail_tests::objstore::Moto;
 use pgtrail_tests::pglogs::PgCluster;
 use pgtrail_tests::process::{
     Processor, Shipper, binary, process_until_idle, run_shipper_once, shipper_args,
@@ -33,13 +35,22 @@ struct Pair {
     strategy: &'static str,
     args: Vec<String>,
     lake: std::path::PathBuf,
+    /// Storage options of an object-store lake (empty: local).
+    options: HashMap<String, String>,
     a: Option<Processor>,
     b: Option<Processor>,
 }
 
 impl Pair {
-    fn new(broker: &Broker, work: &Path, strategy: &'static str) -> Pair {
-        let lake = work.join(format!("lake-{strategy}"));
+    /// A pair whose lake is local, or in `s3` (moto) when given.
+    fn new(broker: &Broker, work: &Path, strategy: &'static str, s3: Option<&Moto>) -> Pair {
+        let (lake, options) = match s3 {
+            Some(moto) => (
+                std::path::PathBuf::from(format!("s3://lake/rebalance-{strategy}")),
+                moto.options(),
+            ),
+            None => (work.join(format!("lake-{strategy}")), HashMap::new()),
+        };
         let mut args = processor_args(
             &broker.bootstrap(),
             &lake,
@@ -52,10 +63,18 @@ impl Pair {
             "--flush-rows".into(),
             "1000".into(),
         ]);
+        if let Some(moto) = s3 {
+            let key = work.join(format!("s3-key-{strategy}"));
+            std::fs::write(&key, "testing").unwrap();
+            let config = work.join(format!("processor-{strategy}.toml"));
+            std::fs::write(&config, moto.storage_toml(&key)).unwrap();
+            args.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+        }
         Pair {
             strategy,
             args,
             lake,
+            options,
             a: None,
             b: None,
         }
@@ -82,9 +101,11 @@ fn two_instances_with_rebalances_write_exactly_the_expected_rows() {
     binary("pgtrail-processor");
     cluster.stream_at(75, Some(60));
     let shipper = Shipper::spawn(&ship, &work.path().join("shipper.log"));
+    // The range pair writes its table in an S3-compatible store (moto).
+    let moto = Moto::start(&work.path().join("moto.log"));
     let mut pairs = [
-        Pair::new(&broker, work.path(), "cooperative-sticky"),
-        Pair::new(&broker, work.path(), "range"),
+        Pair::new(&broker, work.path(), "cooperative-sticky", None),
+        Pair::new(&broker, work.path(), "range", Some(&moto)),
     ];
 
     // A alone, until it committed something.
@@ -202,8 +223,9 @@ fn two_instances_with_rebalances_write_exactly_the_expected_rows() {
     let expected = expected_rows(&cluster.server_dir("primary"));
     for pair in &pairs {
         println!("{}:", pair.strategy);
-        assert_exact(
+        assert_exact_with(
             &table_uri(&pair.lake, "primary"),
+            pair.options.clone(),
             &table_uri(&reference_lake, "primary"),
             &expected,
         );
