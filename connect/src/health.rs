@@ -90,8 +90,8 @@ impl Health {
 
 fn answer(r: Result<(), String>, ok: &str) -> (StatusCode, String) {
     match r {
-        Ok(()) => (StatusCode::OK, format!("{ok}\n")),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Ok(()) => (StatusCode::OK, ok.to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

@@ -14,22 +14,9 @@ use pgtrail_tests::broker::Broker;
 use pgtrail_tests::lake::{Row, expected_rows, processor_args, read_rows_with};
 use pgtrail_tests::objstore::{AZURITE_KEY, Azurite, Moto};
 use pgtrail_tests::pglogs::PgLogs;
-use pgtrail_tests::process::{Shipper, binary, run_shipper_once, shipper_args};
+use pgtrail_tests::process::{Shipper, binary, shipper_args};
 use pgtrail_tests::tempdir;
 use processor::delta::AuditTable;
-
-fn ship(broker: &Broker, logs: &PgLogs, work: &Path, server: &str, glob: &str, partitions: i32) {
-    broker.create_topic(&format!("pgaudit.raw.{server}"), partitions);
-    let args = shipper_args(
-        server,
-        &[format!("{}/{glob}", logs.server_dir(server).display())],
-        &broker.bootstrap(),
-        &work.join(format!("state-{server}")),
-        &logs.log_line_prefix(),
-    );
-    let log = work.join(format!("shipper-{server}.log"));
-    run_shipper_once(&args, &log, Duration::from_secs(120));
-}
 
 fn run_args(broker: &Broker, lake: &str, group: &str, config: &Path) -> Vec<String> {
     let mut a = processor_args(
@@ -41,8 +28,9 @@ fn run_args(broker: &Broker, lake: &str, group: &str, config: &Path) -> Vec<Stri
     a.extend([
         "--config".into(),
         config.to_string_lossy().into_owned(),
+        // Long enough for the second processor's assignment and its shipper's first records.
         "--exit-when-idle".into(),
-        "6s".into(),
+        "20s".into(),
     ]);
     a
 }
@@ -70,12 +58,13 @@ fn two_writers(
     storage_toml: &str,
     options: HashMap<String, String>,
 ) -> Vec<Row> {
-    ship(broker, logs, work, "primary", "*.csv", 3);
-    ship(broker, logs, work, "replica", "*.log", 3);
+    for server in ["primary", "replica"] {
+        broker.create_topic(&format!("pgaudit.raw.{server}"), 3);
+    }
     let table = format!("{lake}/pg_archive_sync/servers_postgresql_logs");
     let config = work.join("processor.toml");
     // Both servers' topics into one table, one processor each: two writers committing to
-    // one table at the same time, in small batches so that they contend for versions.
+    // one table at the same time (a commit a second each while records arrive).
     std::fs::write(
         &config,
         format!(
@@ -88,9 +77,40 @@ fn two_writers(
         let mut args = run_args(broker, lake, &format!("w-{server}"), &config);
         let topics = args.iter().position(|a| a == "--topics").unwrap() + 1;
         args[topics] = format!("pgaudit.raw.{server}");
-        Shipper::processor(&args, &[], &work.join(format!("processor-{server}.log")))
+        let mut p = Shipper::processor(&args, &[], &work.join(format!("processor-{server}.log")));
+        assert!(
+            p.wait_for_log("Partition assigned", Duration::from_secs(120)),
+            "{server}: no partition\n{}",
+            p.log_text()
+        );
+        p
     };
     let (a, b) = (run("primary"), run("replica"));
+    // Both shippers at once, throttled: records reach both processors for several seconds.
+    let shippers = [("primary", "*.csv"), ("replica", "*.log")].map(|(server, glob)| {
+        let mut args = shipper_args(
+            server,
+            &[format!("{}/{glob}", logs.server_dir(server).display())],
+            &broker.bootstrap(),
+            &work.join(format!("state-{server}")),
+            &logs.log_line_prefix(),
+        );
+        let rate = args
+            .iter()
+            .position(|a| a == "--max-records-per-sec")
+            .unwrap()
+            + 1;
+        args[rate] = "40".into();
+        args.push("--once".into());
+        (
+            server,
+            Shipper::spawn(&args, &work.join(format!("shipper-{server}.log"))),
+        )
+    });
+    for (server, shipper) in shippers {
+        let status = shipper.wait(Duration::from_secs(300));
+        assert!(status.success(), "shipper {server}: {status}");
+    }
     for (p, name) in [(a, "primary"), (b, "replica")] {
         let status = p.wait(Duration::from_secs(600));
         let log = std::fs::read_to_string(work.join(format!("processor-{name}.log"))).unwrap();
