@@ -176,6 +176,22 @@ fn kill_9_shippers_and_two_processors_at_random_exact_rows() {
             p.kill9();
         }
     }
+    // A processor killed last is started again first: with Tansu 0.6, a survivor alone in a
+    // group whose expelled member led it never forms the group again (ARCHITECTURE.md), while
+    // a member joining does (as after every kill above).
+    for s in &mut slots {
+        if let Some(t) = s.restart_at.take() {
+            std::thread::sleep(t.saturating_duration_since(Instant::now()));
+            s.start(work.path());
+            let p = s.running.as_mut().expect("started");
+            assert!(
+                p.wait_for_log("Partition assigned", Duration::from_secs(120)),
+                "{} restarted got no partition:\n{}",
+                s.name,
+                p.log_text()
+            );
+        }
+    }
     stop_processors(&mut slots, 3 * topics.len());
     for (i, a) in shippers.iter().enumerate() {
         run_shipper_once(
