@@ -12,6 +12,7 @@
 //! replaced. Must not: decide what the caller does (it reads [`LogGate::connect_failure`]).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,17 +112,19 @@ impl LogGate {
         if s.seen.len() >= MAX_KEYS {
             s.seen.clear();
         }
-        match s.seen.get_mut(&mask(message)) {
-            Some((last, held)) if now.duration_since(*last) < self.window => {
-                *held += 1;
-                None
+        match s.seen.entry(mask(message)) {
+            Entry::Occupied(mut e) => {
+                let (last, held) = e.get_mut();
+                if now.duration_since(*last) < self.window {
+                    *held += 1;
+                    None
+                } else {
+                    *last = now;
+                    Some(std::mem::take(held))
+                }
             }
-            Some((last, held)) => {
-                *last = now;
-                Some(std::mem::take(held))
-            }
-            None => {
-                s.seen.insert(mask(message), (now, 0));
+            Entry::Vacant(e) => {
+                e.insert((now, 0));
                 Some(0)
             }
         }
