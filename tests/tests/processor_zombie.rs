@@ -75,6 +75,11 @@ fn run(disturbance: Disturbance) {
     );
     if disturbance == Disturbance::Zombie {
         a.signal("STOP");
+        // B joins once A's 10 s session has expired: Tansu 0.6 then expels A at B's JoinGroup
+        // and B leads the group. Joining earlier makes B a follower of A, and A's expulsion
+        // between B's JoinGroup and SyncGroup leaves B with an empty assignment (the Tansu
+        // trap in ARCHITECTURE.md; a real Kafka coordinator reassigns).
+        std::thread::sleep(Duration::from_secs(12));
     }
     // B drains the topic at the end: it exits once every partition it has is idle.
     let mut b_args = args.clone();
