@@ -12,6 +12,8 @@ pub mod registry;
 pub mod wire;
 
 pub use error::{AvroError, ErrorClass};
-pub use record::{EncodedSource, LogFormat, RawRecord, RawRecordRef, RecordFields, RecordSource};
+pub use record::{
+    EncodedSource, LogFormat, RawRecord, RawRecordRef, RecordFields, RecordKind, RecordSource,
+};
 pub use registry::{Registry, RegistryAuth};
 pub use wire::{Decoder, Encoder};

@@ -1,13 +1,14 @@
-//! The raw log record envelope: the typed Rust view of `schemas/raw_record.v3.avsc` and its
+//! The raw log record envelope: the typed Rust view of `schemas/raw_record.v4.avsc` and its
 //! fast binary codec.
 //!
-//! Owns: [`RawRecord`], [`LogFormat`], the embedded schema texts, a hand-rolled encoder and
-//! decoder for exactly the current schema, which skip `apache_avro::Value` on the hot path, and
+//! Owns: [`RawRecord`], [`LogFormat`], [`RecordKind`], the embedded schema texts, a
+//! hand-rolled encoder and decoder for exactly versions 3 (log records) and 4 (heartbeats),
+//! which skip `apache_avro::Value` on the hot path, and
 //! [`SourceCache`] (records of one file share one decoded, `Arc`-shared source).
-//! Invariant: [`encode_datum`] produces bytes that `apache-avro` decodes with the current schema
-//! to the same record (proptest in this file), and [`decode_current_datum`] accepts exactly what
-//! `apache-avro` accepts for the current schema. Records written with any other schema go through
-//! schema resolution in `wire.rs`. Must not: know about Kafka, files or the registry.
+//! Invariant: [`encode_datum`] produces bytes that `apache-avro` decodes with the schema of
+//! [`EncodedSource::version`] to the same record (proptest in this file), and the fast
+//! decoders accept exactly what `apache-avro` accepts for versions 3 and 4. Records written
+//! with any other schema go through schema resolution in `wire.rs`. Must not: know about Kafka, files or the registry.
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
@@ -21,8 +22,10 @@ use crate::error::AvroError;
 pub const RAW_RECORD_SCHEMA_V1: &str = include_str!("../schemas/raw_record.v1.avsc");
 /// Schema text of version 2 of the envelope (likewise).
 pub const RAW_RECORD_SCHEMA_V2: &str = include_str!("../schemas/raw_record.v2.avsc");
-/// Schema text of the current version (3) of the envelope.
-pub const RAW_RECORD_SCHEMA: &str = include_str!("../schemas/raw_record.v3.avsc");
+/// Schema text of version 3 of the envelope (likewise).
+pub const RAW_RECORD_SCHEMA_V3: &str = include_str!("../schemas/raw_record.v3.avsc");
+/// Schema text of the current version (4) of the envelope.
+pub const RAW_RECORD_SCHEMA: &str = include_str!("../schemas/raw_record.v4.avsc");
 
 /// Every envelope schema version ever published, oldest first. Never remove an entry: old
 /// messages in a topic keep naming these schemas by fingerprint.
@@ -30,6 +33,7 @@ pub static KNOWN_SCHEMAS: LazyLock<Vec<Schema>> = LazyLock::new(|| {
     [
         RAW_RECORD_SCHEMA_V1,
         RAW_RECORD_SCHEMA_V2,
+        RAW_RECORD_SCHEMA_V3,
         RAW_RECORD_SCHEMA,
     ]
     .iter()
@@ -125,6 +129,38 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// What an envelope carries (Avro enum `RecordKind`; absent in data of schema versions before
+/// 4, which read as [`RecordKind::Log`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// A log record of a file.
+    #[default]
+    Log,
+    /// The shipper is alive and reading its server's logs: `read_at` is when it was sent; no
+    /// file, no data. Never an audit row.
+    Heartbeat,
+}
+
+impl RecordKind {
+    fn index(self) -> i64 {
+        match self {
+            RecordKind::Log => 0,
+            RecordKind::Heartbeat => 1,
+        }
+    }
+
+    fn from_index(i: i64) -> Option<Self> {
+        match i {
+            0 => Some(RecordKind::Log),
+            1 => Some(RecordKind::Heartbeat),
+            _ => None,
+        }
+    }
+}
+
 /// Where a record came from: everything that is the same for every record of one file.
 /// Texts are shared (`Arc<str>`): a decoder hands the same source to every record of a file
 /// ([`SourceCache`]), and the processor keeps them in its rows without copying.
@@ -146,6 +182,8 @@ pub struct RecordSource {
     pub log_line_prefix: Option<Arc<str>>,
     /// IANA name of the server's `log_timezone`, when the shipper was told it.
     pub log_timezone: Option<Arc<str>>,
+    /// What the envelope carries (a heartbeat's source has no file: empty path and id).
+    pub kind: RecordKind,
 }
 
 /// One raw log record, as carried in Kafka.
@@ -212,10 +250,27 @@ impl From<RawRecord> for RawRecordRef<'static> {
 
 /// The per-file parts of the envelope, encoded once per file: the fields before a record's
 /// own and the fields after them.
+///
+/// Log records are written with schema version 3 (its fields are a prefix of version 4's:
+/// processors that predate version 4 keep reading them, so shippers can be upgraded, and
+/// processors rolled back, in any order); only heartbeats need version 4, whose last field
+/// is the kind. The encoder frames each datum with the fingerprint or registry id of
+/// [`EncodedSource::version`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EncodedSource {
     head: Vec<u8>,
     tail: Vec<u8>,
+    kind: RecordKind,
+}
+
+impl EncodedSource {
+    /// The schema version its datums are written with: 3 for log records, 4 for heartbeats.
+    pub fn version(&self) -> u8 {
+        match self.kind {
+            RecordKind::Log => 3,
+            RecordKind::Heartbeat => 4,
+        }
+    }
 }
 
 /// Encodes the per-file parts of the envelope once; [`encode_datum`] puts a record's fields
@@ -238,7 +293,14 @@ pub fn encode_source(source: &RecordSource) -> EncodedSource {
             }
         }
     }
-    EncodedSource { head, tail }
+    if source.kind != RecordKind::Log {
+        put_long(&mut tail, source.kind.index());
+    }
+    EncodedSource {
+        head,
+        tail,
+        kind: source.kind,
+    }
 }
 
 /// Per-record fields of the envelope, borrowed.
@@ -254,8 +316,8 @@ pub struct RecordFields<'a> {
     pub original_length: Option<i64>,
 }
 
-/// Appends the Avro datum (current schema) of one record to `out`, given [`encode_source`] of
-/// its file.
+/// Appends the Avro datum of one record to `out`, given [`encode_source`] of its file, with
+/// the schema version of [`EncodedSource::version`].
 pub fn encode_datum(out: &mut Vec<u8>, source: &EncodedSource, fields: RecordFields<'_>) {
     out.reserve(source.head.len() + source.tail.len() + fields.data.len() + 40);
     out.extend_from_slice(&source.head);
@@ -273,7 +335,8 @@ pub fn encode_datum(out: &mut Vec<u8>, source: &EncodedSource, fields: RecordFie
     out.extend_from_slice(&source.tail);
 }
 
-/// Encodes a whole record (current schema). Convenience for tests and tools.
+/// Encodes a whole record (schema version 3 for log records, 4 for heartbeats). Convenience
+/// for tests and tools.
 pub fn encode_record(record: &RawRecord) -> Vec<u8> {
     let mut out = Vec::new();
     encode_datum(
@@ -379,6 +442,15 @@ pub fn decode_current_datum(datum: &[u8]) -> Result<RawRecord, AvroError> {
     decode_current_datum_cached(datum, &mut SourceCache::default())
 }
 
+/// Decodes a datum written with exactly schema version 3 (log records: its fields are a
+/// prefix of the current schema's; the kind is `LOG`), its bytes borrowed from `datum`.
+pub fn decode_v3_datum_ref<'a>(
+    datum: &'a [u8],
+    cache: &mut SourceCache,
+) -> Result<RawRecordRef<'a>, AvroError> {
+    decode_fast(datum, cache, false)
+}
+
 /// Decodes a datum written with exactly the current schema, taking its source from `cache`
 /// when a recent datum had the same source bytes.
 pub fn decode_current_datum_cached(
@@ -392,6 +464,15 @@ pub fn decode_current_datum_cached(
 pub fn decode_current_datum_ref<'a>(
     datum: &'a [u8],
     cache: &mut SourceCache,
+) -> Result<RawRecordRef<'a>, AvroError> {
+    decode_fast(datum, cache, true)
+}
+
+/// The fast decoder of version 4 datums (`with_kind`) and version 3 ones (without).
+fn decode_fast<'a>(
+    datum: &'a [u8],
+    cache: &mut SourceCache,
+    with_kind: bool,
 ) -> Result<RawRecordRef<'a>, AvroError> {
     let mut c = Cursor { buf: datum, pos: 0 };
     for _ in 0..3 {
@@ -420,6 +501,9 @@ pub fn decode_current_datum_ref<'a>(
             _ => return Err(malformed("union branch out of range")),
         }
     }
+    if with_kind {
+        c.long()?;
+    }
     if c.pos != datum.len() {
         return Err(malformed("trailing bytes after the datum"));
     }
@@ -431,6 +515,10 @@ pub fn decode_current_datum_ref<'a>(
             let mut t = Cursor { buf: tail, pos: 0 };
             source.log_line_prefix = t.optional_string()?;
             source.log_timezone = t.optional_string()?;
+            if with_kind {
+                source.kind =
+                    RecordKind::from_index(t.long()?).ok_or_else(|| malformed("unknown kind"))?;
+            }
             cache.insert(head, tail, &source);
             source
         }
@@ -455,6 +543,7 @@ fn decode_source(c: &mut Cursor<'_>) -> Result<RecordSource, AvroError> {
         file_id: c.string()?,
         log_line_prefix: None,
         log_timezone: None,
+        kind: RecordKind::Log,
     })
 }
 
@@ -515,6 +604,7 @@ pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
             file_id: "".into(),
             log_line_prefix: None,
             log_timezone: None,
+            kind: RecordKind::Log,
         },
         offset: 0,
         data: Vec::new(),
@@ -555,6 +645,10 @@ pub fn record_from_value(value: Value) -> Result<RawRecord, AvroError> {
                     _ => None,
                 }
             }
+            ("kind", Value::Enum(i, _)) => {
+                r.source.kind =
+                    RecordKind::from_index(i64::from(i)).ok_or_else(|| malformed("unknown kind"))?
+            }
             (other, v) => {
                 return Err(malformed(&format!("unexpected field {other} = {v:?}")));
             }
@@ -586,10 +680,18 @@ mod tests {
             (
                 proptest::option::of(".{0,30}"),
                 proptest::option::of("[A-Za-z/_]{0,20}"),
+                any::<bool>(),
             ),
         )
             .prop_map(
-                |((server, host, v, f, path, id), offset, data, read_at, orig, (prefix, tz))| {
+                |(
+                    (server, host, v, f, path, id),
+                    offset,
+                    data,
+                    read_at,
+                    orig,
+                    (prefix, tz, beat),
+                )| {
                     RawRecord {
                         source: RecordSource {
                             server: server.into(),
@@ -600,6 +702,11 @@ mod tests {
                             file_id: id.into(),
                             log_line_prefix: prefix.map(Into::into),
                             log_timezone: tz.map(Into::into),
+                            kind: if beat {
+                                RecordKind::Heartbeat
+                            } else {
+                                RecordKind::Log
+                            },
                         },
                         offset,
                         data,
@@ -614,15 +721,29 @@ mod tests {
     proptest! {
         #[test]
         fn fast_codec_agrees_with_apache_avro(record in arb_record()) {
+            // Log records are version 3 datums, heartbeats version 4 ones.
             let datum = encode_record(&record);
-            let schema = current_schema();
+            let version = encode_source(&record.source).version();
+            let schema = &KNOWN_SCHEMAS[usize::from(version) - 1];
             let value = GenericDatumReader::builder(schema)
                 .build()
                 .unwrap()
                 .read_value(&mut &datum[..])
                 .unwrap();
             prop_assert_eq!(record_from_value(value).unwrap(), record.clone());
-            prop_assert_eq!(decode_current_datum(&datum).unwrap(), record);
+            prop_assert_eq!(decode_datum(&datum, version).unwrap(), record.clone());
+            // A version 4 datum of a log record (kind written: what other writers may send).
+            let mut v4 = encode_record(&record);
+            if version == 3 {
+                v4.push(0);
+            }
+            let value = GenericDatumReader::builder(current_schema())
+                .build()
+                .unwrap()
+                .read_value(&mut &v4[..])
+                .unwrap();
+            prop_assert_eq!(record_from_value(value).unwrap(), record.clone());
+            prop_assert_eq!(decode_current_datum(&v4).unwrap(), record);
         }
 
         /// A cache shared by records of many files (more than it holds, in any order) decodes
@@ -640,7 +761,13 @@ mod tests {
                 record.source.file_id = id.into();
                 record.offset = n as i64;
                 let datum = encode_record(&record);
-                prop_assert_eq!(decode_current_datum_cached(&datum, &mut cache).unwrap(), record);
+                let version = encode_source(&record.source).version();
+                let decoded = if version == 3 {
+                    decode_v3_datum_ref(&datum, &mut cache).map(RawRecordRef::into_owned)
+                } else {
+                    decode_current_datum_cached(&datum, &mut cache)
+                };
+                prop_assert_eq!(decoded.unwrap(), record);
             }
             prop_assert!(cache.entries.len() <= SourceCache::ENTRIES);
         }
@@ -648,13 +775,23 @@ mod tests {
         #[test]
         fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_current_datum(&bytes);
+            let _ = decode_v3_datum_ref(&bytes, &mut SourceCache::default());
+        }
+    }
+
+    fn decode_datum(datum: &[u8], version: u8) -> Result<RawRecord, AvroError> {
+        let mut cache = SourceCache::default();
+        match version {
+            3 => decode_v3_datum_ref(datum, &mut cache).map(RawRecordRef::into_owned),
+            _ => decode_current_datum_cached(datum, &mut cache),
         }
     }
 
     #[test]
     fn schemas_parse_and_match_snapshot() {
-        assert_eq!(KNOWN_SCHEMAS.len(), 3);
-        insta::assert_snapshot!("canonical_v3", current_schema().canonical_form());
+        assert_eq!(KNOWN_SCHEMAS.len(), 4);
+        insta::assert_snapshot!("canonical_v4", current_schema().canonical_form());
+        insta::assert_snapshot!("canonical_v3", KNOWN_SCHEMAS[2].canonical_form());
         insta::assert_snapshot!("canonical_v2", KNOWN_SCHEMAS[1].canonical_form());
         insta::assert_snapshot!("canonical_v1", KNOWN_SCHEMAS[0].canonical_form());
     }

@@ -16,7 +16,16 @@ use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
 use crate::error::AvroError;
-use crate::record::RAW_RECORD_SCHEMA;
+use crate::record::{RAW_RECORD_SCHEMA, RAW_RECORD_SCHEMA_V3};
+
+/// The registry ids of the envelope schemas a shipper writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeIds {
+    /// Version 3: log records.
+    pub log: u32,
+    /// The current version: heartbeats.
+    pub heartbeat: u32,
+}
 
 /// How to authenticate to the registry: HTTP basic auth (Confluent Cloud: API key and
 /// secret) and extra CA certificates (PEM) to trust. The password is not printed by `Debug`.
@@ -97,14 +106,23 @@ impl Registry {
         })
     }
 
-    /// Registers the current envelope schema under `<topic>-value` (topic name strategy) and
-    /// returns its id. Idempotent: the registry returns the existing id for a known schema.
-    pub async fn register_envelope(&self, topic: &str) -> Result<u32, AvroError> {
+    /// Registers the envelope schemas the shipper writes under `<topic>-value` (topic name
+    /// strategy): version 3 (log records) and the current one (heartbeats), and returns their
+    /// ids. Idempotent: the registry returns the existing id for a known schema; the two are
+    /// compatible both ways (the newer adds a field with a default).
+    pub async fn register_envelope(&self, topic: &str) -> Result<EnvelopeIds, AvroError> {
+        Ok(EnvelopeIds {
+            log: self.register(topic, RAW_RECORD_SCHEMA_V3).await?,
+            heartbeat: self.register(topic, RAW_RECORD_SCHEMA).await?,
+        })
+    }
+
+    async fn register(&self, topic: &str, text: &str) -> Result<u32, AvroError> {
         let subject = format!("{topic}-value");
         let supplied = SuppliedSchema::new(
             Some("io.pgtrail.avro.RawLogRecord".into()),
             SchemaType::Avro,
-            RAW_RECORD_SCHEMA.to_owned(),
+            text.to_owned(),
         );
         let registered = post_schema(&self.settings, subject.clone(), supplied)
             .await

@@ -17,7 +17,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use crate::error::AvroError;
 use crate::record::{
     EncodedSource, KNOWN_SCHEMAS, RawRecord, RawRecordRef, RecordFields, SourceCache,
-    current_schema, decode_current_datum_ref, encode_datum, record_from_value,
+    current_schema, decode_current_datum_ref, decode_v3_datum_ref, encode_datum, record_from_value,
 };
 use crate::registry::Registry;
 
@@ -34,38 +34,71 @@ pub fn fingerprint(schema: &Schema) -> [u8; 8] {
     out
 }
 
-/// Encodes envelopes with the current schema in one framing.
+/// Encodes envelopes in one framing: log records with schema version 3, heartbeats with
+/// version 4 (see [`EncodedSource`]).
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    header: Vec<u8>,
+    /// Header of log records (version 3).
+    log: Vec<u8>,
+    /// Header of heartbeats (version 4).
+    heartbeat: Vec<u8>,
+}
+
+fn single_object_header(schema: &Schema) -> Vec<u8> {
+    let mut header = SINGLE_OBJECT_MARKER.to_vec();
+    header.extend_from_slice(&fingerprint(schema));
+    header
+}
+
+fn confluent_header(schema_id: u32) -> Vec<u8> {
+    let mut header = vec![CONFLUENT_MAGIC];
+    header.extend_from_slice(&schema_id.to_be_bytes());
+    header
 }
 
 impl Encoder {
     /// Single-object encoding: works without any registry.
     pub fn single_object() -> Self {
-        let mut header = SINGLE_OBJECT_MARKER.to_vec();
-        header.extend_from_slice(&fingerprint(current_schema()));
-        Encoder { header }
+        Encoder {
+            log: single_object_header(&KNOWN_SCHEMAS[2]),
+            heartbeat: single_object_header(current_schema()),
+        }
     }
 
-    /// Confluent framing with the id the registry gave the current schema.
-    pub fn confluent(schema_id: u32) -> Self {
-        let mut header = vec![CONFLUENT_MAGIC];
-        header.extend_from_slice(&schema_id.to_be_bytes());
-        Encoder { header }
+    /// Confluent framing with the ids the registry gave schema versions 3 and 4
+    /// ([`crate::Registry::register_envelope`]).
+    pub fn confluent(ids: crate::registry::EnvelopeIds) -> Self {
+        Encoder {
+            log: confluent_header(ids.log),
+            heartbeat: confluent_header(ids.heartbeat),
+        }
+    }
+
+    fn header(&self, version: u8) -> &[u8] {
+        if version >= 4 {
+            &self.heartbeat
+        } else {
+            &self.log
+        }
     }
 
     /// Encodes one message: header, then the datum of the file's pre-encoded source and fields.
     pub fn encode(&self, source: &EncodedSource, fields: RecordFields<'_>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.header.len() + fields.data.len() + 256);
-        out.extend_from_slice(&self.header);
+        let header = self.header(source.version());
+        let mut out = Vec::with_capacity(header.len() + fields.data.len() + 256);
+        out.extend_from_slice(header);
         encode_datum(&mut out, source, fields);
         out
     }
 
     /// Encodes a whole record (tests and tools).
     pub fn encode_record(&self, record: &RawRecord) -> Vec<u8> {
-        let mut out = self.header.clone();
+        let version = if record.source.kind == crate::RecordKind::Log {
+            3
+        } else {
+            4
+        };
+        let mut out = self.header(version).to_vec();
         out.extend_from_slice(&crate::record::encode_record(record));
         out
     }
@@ -76,6 +109,8 @@ impl Encoder {
 pub struct Decoder {
     by_fingerprint: HashMap<[u8; 8], usize>,
     current: [u8; 8],
+    /// Fingerprint of version 3 (log records, read by the fast decoder too).
+    v3: [u8; 8],
     registry: Option<Registry>,
     /// Sources of recent current-schema datums (clones of a decoder share it).
     sources: Arc<Mutex<SourceCache>>,
@@ -92,6 +127,7 @@ impl Decoder {
         Decoder {
             by_fingerprint,
             current: fingerprint(current_schema()),
+            v3: fingerprint(&KNOWN_SCHEMAS[2]),
             registry,
             sources: Arc::default(),
         }
@@ -102,6 +138,12 @@ impl Decoder {
     fn decode_current_ref<'a>(&self, datum: &'a [u8]) -> Result<RawRecordRef<'a>, AvroError> {
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         decode_current_datum_ref(datum, &mut sources)
+    }
+
+    /// A version 3 datum (log records), by the same fast decoder.
+    fn decode_v3_ref<'a>(&self, datum: &'a [u8]) -> Result<RawRecordRef<'a>, AvroError> {
+        let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        decode_v3_datum_ref(datum, &mut sources)
     }
 
     /// Decodes a message value of either framing.
@@ -125,8 +167,11 @@ impl Decoder {
                     .ok_or(AvroError::NoRegistry { schema_id })?;
                 let writer = registry.schema(schema_id).await?;
                 let datum = &msg[5..];
-                if fingerprint(&writer) == self.current {
+                let fp = fingerprint(&writer);
+                if fp == self.current {
                     self.decode_current_ref(datum)
+                } else if fp == self.v3 {
+                    self.decode_v3_ref(datum)
                 } else {
                     resolve(&writer, datum, &format!("registry id {schema_id}"))
                         .map(RawRecordRef::from)
@@ -161,6 +206,9 @@ impl Decoder {
         let datum = &msg[10..];
         if fp == self.current {
             return self.decode_current_ref(datum);
+        }
+        if fp == self.v3 {
+            return self.decode_v3_ref(datum);
         }
         let index = self
             .by_fingerprint
@@ -212,6 +260,7 @@ mod tests {
                 file_id: "00000000000000ff".into(),
                 log_line_prefix: Some("%m [%p] %q%c %v %e ".into()),
                 log_timezone: Some("Europe/Berlin".into()),
+                kind: crate::RecordKind::Log,
             },
             offset: 4096,
             data: b"2026-11-23 08:57:28.127 UTC,,,6241,,6b03fff8.1861,1,,...\n".to_vec(),
@@ -319,6 +368,36 @@ mod tests {
         );
     }
 
+    /// Written by apache-avro with schema version 3 (before record kinds): a log record.
+    #[test]
+    fn record_written_with_v3_schema_is_readable() {
+        let v3 = &KNOWN_SCHEMAS[2];
+        let mut s = sample();
+        // Log records are written with version 3 (a v4 datum is a v3 datum plus the kind).
+        let datum = crate::record::encode_record(&s);
+        let mut msg = SINGLE_OBJECT_MARKER.to_vec();
+        msg.extend_from_slice(&fingerprint(v3));
+        msg.extend_from_slice(&datum);
+        let decoded = Decoder::new(None).decode_single_object(&msg).unwrap();
+        s.source.kind = crate::RecordKind::Log;
+        assert_eq!(decoded, s, "the default of the new field applies");
+        // And apache-avro agrees that the datum is a v3 datum.
+        apache_avro::reader::datum::GenericDatumReader::builder(v3)
+            .build()
+            .unwrap()
+            .read_value(&mut &datum[..])
+            .unwrap();
+    }
+
+    #[test]
+    fn heartbeat_round_trips() {
+        let mut s = sample();
+        s.source.kind = crate::RecordKind::Heartbeat;
+        s.data.clear();
+        let msg = Encoder::single_object().encode_record(&s);
+        assert_eq!(Decoder::new(None).decode_single_object(&msg).unwrap(), s);
+    }
+
     #[test]
     fn unknown_fingerprint_and_garbage_are_poison() {
         let mut msg = Encoder::single_object().encode_record(&sample());
@@ -338,7 +417,11 @@ mod tests {
 
     #[tokio::test]
     async fn confluent_frame_without_registry_is_an_error() {
-        let msg = Encoder::confluent(7).encode_record(&sample());
+        let msg = Encoder::confluent(crate::registry::EnvelopeIds {
+            log: 7,
+            heartbeat: 8,
+        })
+        .encode_record(&sample());
         let err = Decoder::new(None).decode(&msg).await.unwrap_err();
         assert!(
             matches!(err, AvroError::NoRegistry { schema_id: 7 }),

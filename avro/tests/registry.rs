@@ -83,6 +83,7 @@ fn sample() -> RawRecord {
             file_id: "1-2-3".into(),
             log_line_prefix: None,
             log_timezone: Some("UTC".into()),
+            kind: pgtrail_avro::RecordKind::Log,
         },
         offset: 17,
         data: "{\"message\":\"AUDIT: SESSION,1,1,READ,SELECT,,,select 'é',<none>\"}\n".into(),
@@ -109,12 +110,26 @@ async fn register_encode_decode_through_registry() {
         "registering the same schema twice gives the same id"
     );
 
+    assert_ne!(id.log, id.heartbeat, "versions 3 and 4 are two schemas");
     let msg = Encoder::confluent(id).encode_record(&sample());
     assert_eq!(msg[0], CONFLUENT_MAGIC);
-    assert_eq!(u32::from_be_bytes(msg[1..5].try_into().unwrap()), id);
+    assert_eq!(
+        u32::from_be_bytes(msg[1..5].try_into().unwrap()),
+        id.log,
+        "log records are written with version 3"
+    );
     let decoder = Decoder::new(Some(registry));
     assert_eq!(decoder.decode(&msg).await.unwrap(), sample());
     assert_eq!(decoder.decode(&msg).await.unwrap(), sample());
+    // A heartbeat is written with version 4, under its own id, and decodes as one.
+    let mut beat = sample();
+    beat.source.kind = pgtrail_avro::RecordKind::Heartbeat;
+    let hb = Encoder::confluent(id).encode_record(&beat);
+    assert_eq!(
+        u32::from_be_bytes(hb[1..5].try_into().unwrap()),
+        id.heartbeat
+    );
+    assert_eq!(decoder.decode(&hb).await.unwrap(), beat);
     // The decoder also still reads single-object messages.
     let so = Encoder::single_object().encode_record(&sample());
     assert_eq!(decoder.decode(&so).await.unwrap(), sample());
@@ -122,8 +137,8 @@ async fn register_encode_decode_through_registry() {
     let calls = state.lock().unwrap().calls.clone();
     assert_eq!(
         calls.iter().filter(|c| c.starts_with("GET")).count(),
-        1,
-        "schema ids are cached: {calls:?}"
+        2,
+        "schema ids are cached (one fetch per id: version 3 and version 4): {calls:?}"
     );
     assert!(
         calls.contains(&"POST pgaudit.raw.replica-value".to_string()),
@@ -174,7 +189,11 @@ async fn previous_schema_version_through_registry_resolves() {
 async fn unknown_schema_id_is_an_error() {
     let (url, _state) = serve().await;
     let decoder = Decoder::new(Some(Registry::new(&url).unwrap()));
-    let msg = Encoder::confluent(4242).encode_record(&sample());
+    let msg = Encoder::confluent(pgtrail_avro::registry::EnvelopeIds {
+        log: 4242,
+        heartbeat: 4243,
+    })
+    .encode_record(&sample());
     let err = decoder.decode(&msg).await.unwrap_err();
     assert!(err.to_string().contains("4242"), "{err}");
 }

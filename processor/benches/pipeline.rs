@@ -59,6 +59,7 @@ fn messages(format: LogFormat) -> Vec<Vec<u8>> {
                     file_id: file.into(),
                     log_line_prefix: None,
                     log_timezone: None,
+                    kind: pgtrail_avro::RecordKind::Log,
                 },
                 offset,
                 data,

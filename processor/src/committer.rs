@@ -173,6 +173,16 @@ impl Committer {
         self.table.uri()
     }
 
+    /// The table's object store, rooted at the table.
+    pub fn object_store(&self) -> Arc<dyn deltalake::ObjectStore> {
+        self.table.object_store()
+    }
+
+    /// This instance (host and process id).
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
     /// `tp`'s token in the table as last read.
     async fn token(&self, tp: &TopicPartition) -> Result<Token, ProcessorError> {
         Ok(Token {
@@ -389,6 +399,12 @@ impl Committer {
             .get_or_create(&label)
             .inc_by(rows as u64);
         metrics.partitions_fenced.inc_by(fenced.len() as u64);
+        if let Some(at) = parts.iter().filter_map(|p| p.checkpoint.heartbeat).max() {
+            metrics
+                .heartbeat_timestamp_seconds
+                .get_or_create(&label)
+                .set(at as f64 / 1e6);
+        }
         if let Some(v) = version {
             metrics
                 .delta_version
@@ -498,13 +514,18 @@ impl Committer {
                 "version": p.checkpoint.version,
             }));
         }
-        // For people reading the history; resuming reads the `txn`s and the state object.
-        let metadata = json!({
+        // For people reading the history, and the lag monitor (`heartbeat_at`: the newest
+        // shipper heartbeat this commit makes durable, µs); resuming reads the `txn`s and the
+        // state object.
+        let mut metadata = json!({
             "group": self.group,
             "state": format!("{id:016x}"),
             "writer": self.writer,
             "partitions": summary,
         });
+        if let Some(at) = parts.iter().filter_map(|p| p.checkpoint.heartbeat).max() {
+            metadata["heartbeat_at"] = json!(at);
+        }
         self.failpoints.hit("commit.before_log").await?;
         let version = self.table.commit_log(adds, &txns, metadata).await?;
         self.failpoints.hit("commit.after_log").await?;

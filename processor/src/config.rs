@@ -40,11 +40,43 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Per table: Delta version, row count, Kafka offset per topic-partition, last commit.
     Status(StatusArgs),
+    /// Consumer lag from the tables' positions and the broker (works with no processor
+    /// running): `--once` prints and exits 0/1/2 (OK/warning/critical, 3: could not run),
+    /// `--serve` exports `pgtrail_lag_*` metrics and sends alert webhooks.
+    Lag(LagArgs),
 }
 
-/// Flags of `run` (each overrides the config file).
+/// Flags of `lag` (the same config file as `run`; its `[lag]` section).
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["once", "serve"])))]
+pub struct LagArgs {
+    /// Config file, brokers, group, topics, lake.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// One round: print the report and exit with its severity.
+    #[arg(long)]
+    pub once: bool,
+    /// Observe every `[lag] interval`, export metrics, send alerts, until SIGTERM.
+    #[arg(long)]
+    pub serve: bool,
+    /// Print JSON instead of text (`--once`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl LagArgs {
+    /// The `run` flags these override.
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            target: self.target.clone(),
+            ..RunArgs::default()
+        }
+    }
+}
+
+/// Flags of `run` and `lag` naming what they work on (each overrides the config file).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct RunArgs {
+pub struct TargetArgs {
     /// TOML configuration file.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -60,6 +92,14 @@ pub struct RunArgs {
     /// Lake root: a local directory or an object-store URI.
     #[arg(long)]
     pub lake: Option<String>,
+}
+
+/// Flags of `run` (each overrides the config file).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Config file, brokers, group, topics, lake.
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Suffix of every default table name (`_uat` → `primary_postgresql_logs_uat`).
     #[arg(long)]
     pub table_suffix: Option<String>,
@@ -220,6 +260,9 @@ pub struct Config {
     /// environment variables or the providers' standard chains (README, "Object-store
     /// lakes"). Default: each store's own defaults and credential chain.
     pub storage: StorageSection,
+    /// `[lag]`: the lag monitor, `pgtrail-processor lag` (README, "Monitoring and alerts").
+    /// Default: see each key.
+    pub lag: crate::lag::config::LagSection,
 }
 
 impl Default for Config {
@@ -253,6 +296,7 @@ impl Default for Config {
             kafka: KafkaSection::default(),
             registry: RegistrySection::default(),
             storage: StorageSection::default(),
+            lag: crate::lag::config::LagSection::default(),
         }
     }
 }
@@ -266,7 +310,7 @@ fn config_err(reason: impl Into<String>) -> ProcessorError {
 impl Config {
     /// The file (if any) with the flags applied, validated.
     pub fn load(args: &RunArgs) -> Result<Config, ProcessorError> {
-        let mut cfg = Self::read(args.config.as_deref())?;
+        let mut cfg = Self::read(args.target.config.as_deref())?;
         cfg.apply(args);
         cfg.validate()?;
         Ok(cfg)
@@ -300,15 +344,15 @@ impl Config {
                 dst.clone_from(v);
             }
         };
-        set(&mut self.brokers, &a.brokers);
-        set(&mut self.group, &a.group);
-        set(&mut self.lake, &a.lake);
+        set(&mut self.brokers, &a.target.brokers);
+        set(&mut self.group, &a.target.group);
+        set(&mut self.lake, &a.target.lake);
         set(&mut self.table_suffix, &a.table_suffix);
         set(&mut self.dead_letter_topic, &a.dead_letter_topic);
         set(&mut self.assignment_strategy, &a.assignment_strategy);
         set(&mut self.metrics_addr, &a.metrics_addr);
-        if !a.topics.is_empty() {
-            self.topics.clone_from(&a.topics);
+        if !a.target.topics.is_empty() {
+            self.topics.clone_from(&a.target.topics);
         }
         if a.registry_url.is_some() {
             self.registry_url.clone_from(&a.registry_url);

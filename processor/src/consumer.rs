@@ -319,6 +319,9 @@ pub fn run(
         }
     };
     let totals = consumer.context().worker().totals.clone();
+    if outcome.is_ok() {
+        consumer.context().worker().leave_members();
+    }
     consumer.unsubscribe();
     outcome.map(|()| totals)
 }
@@ -428,14 +431,15 @@ impl PollLoop {
         match polled {
             Some(Ok(m)) => {
                 let mut w = consumer.context().worker();
-                w.handle(
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    m.key(),
-                    m.payload().unwrap_or(&[]),
-                    self.now,
-                )?;
+                let consumed = crate::worker::Consumed {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key(),
+                    payload: m.payload().unwrap_or(&[]),
+                    timestamp_ms: m.timestamp().to_millis(),
+                };
+                w.handle(consumed, self.now)?;
                 seek(consumer, &mut w)?;
             }
             Some(Err(e)) => warn!(error = %e, "Consumer error."),

@@ -1,8 +1,9 @@
 //! `pgtrail-processor`: parse flags and config, set up tracing and metrics, run the consumer
 //! until SIGTERM/SIGINT (or, with `--exit-when-idle`, until the topics are drained), map
-//! errors to exit codes; `status` prints what the tables hold.
+//! errors to exit codes; `status` prints what the tables hold; `lag` monitors consumer lag.
 //!
-//! Exit codes: 0 success, 1 other error, 2 configuration, 4 Kafka, 5 Delta.
+//! Exit codes: 0 success, 1 other error, 2 configuration, 4 Kafka, 5 Delta; `lag --once`:
+//! 0 OK, 1 warning, 2 critical, 3 could not run.
 //! Environment: `PGTRAIL_LOG` sets the log filter (default [`processor::DEFAULT_LOG_FILTER`]).
 //! Must not: hold logic.
 
@@ -20,9 +21,10 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use processor::config::{Command, RunArgs, StatusArgs};
+use processor::config::{Command, LagArgs, RunArgs, StatusArgs};
 use processor::consumer::{READY_GROUP, READY_REGISTRY};
 use processor::telemetry::Metrics;
 use processor::{Cli, Config};
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => rt.block_on(run(*args)),
         Command::Status(args) => rt.block_on(status(args)),
+        Command::Lag(args) => rt.block_on(lag(args)),
     };
     match result {
         Ok(code) => code,
@@ -106,16 +109,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(e.exit_code()));
     }
     health.report(READY_LAKE, true);
-    let cancel = CancellationToken::new();
-    let signals = cancel.clone();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received."),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
-        }
-        signals.cancel();
-    });
+    let cancel = cancel_on_signals()?;
     let metrics = Metrics::default();
     if cfg.metrics_addr != "none" {
         let addr = cfg.metrics_addr.parse()?;
@@ -147,6 +141,21 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(e.exit_code())
         }
     })
+}
+
+/// A token cancelled by SIGTERM or SIGINT.
+fn cancel_on_signals() -> std::io::Result<CancellationToken> {
+    let cancel = CancellationToken::new();
+    let signals = cancel.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received."),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received."),
+        }
+        signals.cancel();
+    });
+    Ok(cancel)
 }
 
 /// Readiness condition: the lake locations were checked at start-up.
@@ -197,3 +206,75 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Exit code of `lag --once` when the monitor cannot run (Nagios' UNKNOWN).
+const LAG_UNKNOWN: u8 = 3;
+
+async fn lag(args: LagArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(&args.run_args()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid configuration.");
+            return Ok(ExitCode::from(if args.once {
+                LAG_UNKNOWN
+            } else {
+                e.exit_code()
+            }));
+        }
+    };
+    let mut monitor = match processor::lag::Monitor::new(cfg.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "The lag monitor cannot start.");
+            return Ok(ExitCode::from(if args.once {
+                LAG_UNKNOWN
+            } else {
+                e.exit_code()
+            }));
+        }
+    };
+    if args.once {
+        let report = monitor.observe().await;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::from(report.severity() as u8));
+    }
+    let cancel = cancel_on_signals()?;
+    let interval = cfg.lag.interval;
+    // Alive while rounds keep coming (a hung round is restarted); ready after the first.
+    let health =
+        pgtrail_connect::Health::new(interval * 4 + Duration::from_secs(60), &[READY_ROUND]);
+    if cfg.lag.metrics_addr != "none" {
+        let addr = cfg.lag.metrics_addr.parse()?;
+        let bound =
+            processor::lag::serve_metrics(addr, &monitor.metrics, health.clone(), cancel.clone())
+                .await?;
+        tracing::info!(%bound, "Lag metrics at /metrics.");
+    }
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let report = monitor.observe().await;
+        health.beat(std::time::Instant::now());
+        health.report(READY_ROUND, true);
+        tracing::info!(
+            status = %report.status,
+            partitions = report.partitions.len(),
+            offset_lag = report.tables.iter().map(|t| t.offset_lag).sum::<i64>(),
+            error = report.error.as_deref().unwrap_or(""),
+            "Lag observed."
+        );
+        monitor.alert(&report).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Readiness condition of `lag --serve`: a round was observed.
+const READY_ROUND: &str = "round";

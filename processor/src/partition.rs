@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
-use pgtrail_avro::{LogFormat, RawRecordRef, RecordSource};
+use pgtrail_avro::{LogFormat, RawRecordRef, RecordKind, RecordSource};
 
 mod checkpoint;
 mod dedup;
@@ -123,6 +123,10 @@ pub struct Partition {
     /// Rows the tracker released for the record at hand (empty between records; kept for
     /// its allocation).
     released: Vec<AuditRow>,
+    /// Shipper heartbeats past the last checkpoint: (offset, sent at, µs since the epoch).
+    heartbeats: Vec<(i64, i64)>,
+    /// The newest heartbeat at or below the last checkpoint's version.
+    heartbeat: Option<i64>,
 }
 
 /// Largest release buffer kept between records, in rows.
@@ -145,6 +149,7 @@ impl Partition {
             anchor: None,
             clock: Clock::default(),
             released: Vec::new(),
+            heartbeat: None,
         });
         let tracker =
             OutcomeTracker::resumed(outcome_window, cp.version, cp.clock.log_time, cp.released);
@@ -164,6 +169,8 @@ impl Partition {
             last_activity: Instant::now(),
             stderr_watermark: cp.clock.stderr_time,
             released: Vec::new(),
+            heartbeats: Vec::new(),
+            heartbeat: cp.heartbeat,
         }
     }
 
@@ -237,7 +244,7 @@ impl Partition {
             }),
             clock: self.clock(),
         };
-        self.last_activity = at;
+        let idle_since = std::mem::replace(&mut self.last_activity, at);
         let dead = |kind: &'static str, reason: String| DeadLetter {
             tp: self.tp.clone(),
             offset,
@@ -255,6 +262,15 @@ impl Partition {
                 return;
             }
         };
+        if rec.source.kind == RecordKind::Heartbeat {
+            // Not a log record: no row, no dedup, no activity (an idle partition that
+            // receives only heartbeats releases what it holds); it counts once a checkpoint
+            // covers it.
+            self.last_activity = idle_since;
+            self.heartbeats.push((offset, rec.read_at_micros));
+            metrics.skipped("heartbeat");
+            return;
+        }
         // File ids are shared (`Arc`) by the decoder and the memory: no copy per record.
         if self.dedup.check(offset, &rec.source.file_id, rec.offset) {
             metrics.skipped("duplicate");
@@ -480,6 +496,9 @@ impl Partition {
             .collect();
         pending.extend(self.replay_pending.iter().filter(|o| **o > current));
         pending.retain(|o| *o > version && *o <= last);
+        let covered = self.heartbeats.iter().filter(|(o, _)| *o <= version);
+        self.heartbeat = covered.map(|(_, at)| *at).chain(self.heartbeat).max();
+        self.heartbeats.retain(|(o, _)| *o > version);
         Some(PartitionCheckpoint {
             tp: self.tp.clone(),
             version,
@@ -489,6 +508,7 @@ impl Partition {
             anchor,
             clock: before.clock,
             released: self.tracker.released_as_of(version),
+            heartbeat: self.heartbeat,
         })
     }
 

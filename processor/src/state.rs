@@ -260,6 +260,7 @@ mod tests {
                 vxid: 0xfeed_beef_dead_0001,
                 last_seen: chrono::DateTime::from_timestamp(1_764_649_990, 0),
             }],
+            heartbeat: Some(1_764_650_001_000_000),
         }
     }
 

@@ -21,7 +21,7 @@ use crate::error::ProcessorError;
 /// Label: log format.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FormatLabel {
-    /// csvlog, jsonlog, stderr or `unknown` (undecodable).
+    /// csvlog, jsonlog, stderr, `heartbeat` (shipper heartbeats) or `unknown` (undecodable).
     pub format: String,
 }
 
@@ -83,6 +83,13 @@ pub struct Metrics {
     pub delta_version: Family<TableLabel, Gauge>,
     /// Messages in the partition after the last committed offset (high watermark − next).
     pub consumer_lag_messages: Family<PartitionLabel, Gauge>,
+    /// Per assigned partition, the table's position: its `txn` version + 1.
+    pub table_position_offset: Family<PartitionLabel, Gauge>,
+    /// Per assigned partition, seconds since the oldest message consumed and not yet
+    /// committed was produced (0: everything consumed is committed).
+    pub time_lag_seconds: Family<PartitionLabel, Gauge<f64, AtomicU64>>,
+    /// Per table, when the newest shipper heartbeat in it was sent (Unix seconds).
+    pub heartbeat_timestamp_seconds: Family<TableLabel, Gauge<f64, AtomicU64>>,
     /// Partitions currently assigned.
     pub partitions_assigned: Gauge,
     /// Rebalance events, by kind (`assign`, `revoke`, `lost`).
@@ -162,6 +169,9 @@ impl Default for Metrics {
             commit_duration_seconds: Family::new_with_constructor(commit_seconds),
             delta_version: Family::default(),
             consumer_lag_messages: Family::default(),
+            table_position_offset: Family::default(),
+            time_lag_seconds: Family::default(),
+            heartbeat_timestamp_seconds: Family::default(),
             partitions_assigned: Gauge::default(),
             rebalances: Family::default(),
             partitions_fenced: Counter::default(),
@@ -261,6 +271,21 @@ impl Metrics {
             self.consumer_lag_messages.clone(),
         );
         r.register(
+            "table_position_offset",
+            "The table's txn version + 1 per assigned partition",
+            self.table_position_offset.clone(),
+        );
+        r.register(
+            "time_lag_seconds",
+            "Age of the oldest consumed message not yet committed",
+            self.time_lag_seconds.clone(),
+        );
+        r.register(
+            "heartbeat_timestamp_seconds",
+            "When the newest shipper heartbeat committed to the table was sent",
+            self.heartbeat_timestamp_seconds.clone(),
+        );
+        r.register(
             "partitions_assigned",
             "Partitions currently assigned",
             self.partitions_assigned.clone(),
@@ -337,6 +362,17 @@ pub async fn serve(
 ) -> Result<SocketAddr, ProcessorError> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    serve_registry(addr, registry, health, cancel).await
+}
+
+/// Serves `registry` on `/metrics` and the health routes at `addr` until `cancel`; returns
+/// the bound address.
+pub async fn serve_registry(
+    addr: SocketAddr,
+    registry: Registry,
+    health: Arc<pgtrail_connect::Health>,
+    cancel: CancellationToken,
+) -> Result<SocketAddr, ProcessorError> {
     let registry = Arc::new(registry);
     let err = |e: std::io::Error| ProcessorError::Config {
         reason: format!("metrics address {addr}: {e}"),

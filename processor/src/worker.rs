@@ -69,6 +69,26 @@ struct Assigned {
     probe: probe::OffsetProbe,
     /// Waiting for the Schema Registry.
     waiting: Option<RegistryWait>,
+    /// Broker timestamp (ms) of the first message consumed since everything consumed was
+    /// committed (the processor's time lag; `None`: nothing consumed waits).
+    waiting_since: Option<i64>,
+}
+
+/// A consumed message, as the worker handles it.
+#[derive(Debug, Clone, Copy)]
+pub struct Consumed<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value.
+    pub payload: &'a [u8],
+    /// Broker timestamp, ms since the epoch.
+    pub timestamp_ms: Option<i64>,
 }
 
 /// A partition's wait for the Schema Registry.
@@ -285,6 +305,7 @@ impl Worker {
             token: resume.token,
             rows: rows::Rows::new(&tp.topic, tp.partition),
             waiting: None,
+            waiting_since: None,
         };
         Ok((assigned, at))
     }
@@ -420,15 +441,18 @@ impl Worker {
     }
 
     /// Handles one consumed message.
-    pub fn handle(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        now: Instant,
-    ) -> Result<(), ProcessorError> {
+    pub fn handle(&mut self, m: Consumed<'_>, now: Instant) -> Result<(), ProcessorError> {
+        let Consumed {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            timestamp_ms,
+        } = m;
+        // Shipper heartbeats are not activity: a partition that receives only them is idle
+        // (held rows are released, `--exit-when-idle` ends).
+        let idle_since = self.last_activity;
         self.last_activity = now;
         self.totals.messages += 1;
         let wall = self.wall(now);
@@ -439,7 +463,11 @@ impl Worker {
         let hash = || crate::partition::message_hash(key, payload);
         let (last, newest) = (a.partition.last_offset(), a.partition.newest());
         match a.probe.check(&tp, offset, hash, last, newest) {
-            probe::Verdict::Handle => {}
+            probe::Verdict::Handle => {
+                if a.waiting_since.is_none() {
+                    a.waiting_since = timestamp_ms;
+                }
+            }
             probe::Verdict::Skip => return Ok(()),
             probe::Verdict::Seek(to) => {
                 self.seeks.push((tp, to));
@@ -479,6 +507,10 @@ impl Worker {
                 },
             };
         match &decoded {
+            Ok(r) if r.source.kind == pgtrail_avro::RecordKind::Heartbeat => {
+                self.last_activity = idle_since;
+                self.metrics.consumed("heartbeat");
+            }
             Ok(r) => self.metrics.consumed(r.source.format.as_str()),
             Err(_) => self.metrics.consumed("unknown"),
         }

@@ -156,6 +156,10 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// How often checkpoints are written when they moved, milliseconds. Default 1000.
     pub checkpoint_interval_ms: u64,
+    /// How often a heartbeat goes to the topic (end-to-end freshness, see the README's
+    /// "Monitoring and alerts"), milliseconds; 0 turns heartbeats off. Not sent with `once`.
+    /// Default 30000.
+    pub heartbeat_interval_ms: u64,
     /// How long an unterminated last record waits for its end before it is shipped as it is,
     /// milliseconds. Default 5000.
     pub partial_record_timeout_ms: u64,
@@ -201,6 +205,7 @@ impl Default for Config {
             scan_interval_ms: 1000,
             poll_interval_ms: 200,
             checkpoint_interval_ms: 1000,
+            heartbeat_interval_ms: 30_000,
             partial_record_timeout_ms: 5000,
             checkpoint_retention_hours: 168,
             drain_timeout_secs: 30,

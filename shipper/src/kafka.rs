@@ -265,6 +265,14 @@ impl KafkaSink {
         self.producer.send(record).map_err(|(e, _)| e)
     }
 
+    /// Hands one message without a key to librdkafka (its partitioner picks the partition).
+    pub fn send_unkeyed(&self, payload: &[u8], opaque: Opaque) -> Result<(), KafkaError> {
+        let record =
+            BaseRecord::<(), [u8], Box<Opaque>>::with_opaque_to(&self.topic, Box::new(opaque))
+                .payload(payload);
+        self.producer.send(record).map_err(|(e, _)| e)
+    }
+
     /// A failure no retry fixes (authentication, TLS, a listener of another security
     /// protocol), naming the broker, if one was reported.
     pub fn connect_failure(&self) -> Option<String> {

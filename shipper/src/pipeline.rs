@@ -10,6 +10,7 @@
 //! framing and session keys.
 
 mod discover;
+mod heartbeat;
 mod recover;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -128,13 +129,14 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<RunSummary, S
                 reason: e.to_string(),
             })?;
             let registry = Registry::with_auth(url, auth)?;
-            let id = register_with_retry(&registry, &topic, &cancel).await?;
+            let ids = register_with_retry(&registry, &topic, &cancel).await?;
             info!(
                 topic,
-                schema_id = id,
-                "Registered the envelope schema; using Confluent framing."
+                schema_id = ids.log,
+                heartbeat_schema_id = ids.heartbeat,
+                "Registered the envelope schemas; using Confluent framing."
             );
-            Encoder::confluent(id)
+            Encoder::confluent(ids)
         }
         None => Encoder::single_object(),
     };
@@ -215,7 +217,7 @@ async fn register_with_retry(
     registry: &Registry,
     topic: &str,
     cancel: &CancellationToken,
-) -> Result<u32, ShipperError> {
+) -> Result<pgtrail_avro::registry::EnvelopeIds, ShipperError> {
     let mut delay = Duration::from_millis(500);
     loop {
         match registry.register_envelope(topic).await {
@@ -249,7 +251,10 @@ impl Shipper {
         let mut scan = interval(Config::ms(self.cfg.scan_interval_ms));
         let mut poll = interval(Config::ms(self.cfg.poll_interval_ms));
         let mut ckpt = interval(Config::ms(self.cfg.checkpoint_interval_ms));
-        for t in [&mut scan, &mut poll, &mut ckpt] {
+        // Heartbeats only while running as a service (not `once`), when enabled.
+        let beats = self.cfg.heartbeat_interval_ms > 0 && !self.cfg.once;
+        let mut beat = interval(Config::ms(self.cfg.heartbeat_interval_ms.max(1)));
+        for t in [&mut scan, &mut poll, &mut ckpt, &mut beat] {
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -285,6 +290,7 @@ impl Shipper {
                     }
                 }
                 _ = ckpt.tick() => self.checkpoint()?,
+                _ = beat.tick(), if beats => self.heartbeat(),
                 _ = scan.tick() => {
                     self.scan();
                     self.check_rewritten();
@@ -445,6 +451,10 @@ impl Shipper {
         self.in_flight_records = self.in_flight_records.saturating_sub(1);
         self.in_flight_bytes = self.in_flight_bytes.saturating_sub(d.message_len);
         let o = d.opaque;
+        if o.file_key == heartbeat::HEARTBEAT_KEY {
+            self.on_heartbeat_delivery(&d);
+            return;
+        }
         match d.result {
             Ok(()) => {
                 self.shipped += 1;

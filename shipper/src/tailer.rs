@@ -263,6 +263,7 @@ fn source_bytes(info: &SourceInfo, format: LogFormat, path: &Path, id_text: &str
         log_line_prefix: (format == LogFormat::Stderr)
             .then(|| info.log_line_prefix.as_str().into()),
         log_timezone: info.log_timezone.as_deref().map(Into::into),
+        kind: pgtrail_avro::RecordKind::Log,
     })
 }
 

@@ -58,6 +58,10 @@ pub struct Metrics {
     pub delivery_errors: Family<ReasonLabel, Counter>,
     /// Producers replaced after a failed delivery or a fatal producer error.
     pub producer_recoveries: Counter,
+    /// Heartbeats Kafka acknowledged.
+    pub heartbeats_sent: Counter,
+    /// Heartbeats not sent or not delivered.
+    pub heartbeat_failures: Counter,
     /// Files skipped (binary content...).
     pub files_skipped: Family<ReasonLabel, Counter>,
     /// Files found shrunk or rewritten in place and read again from the start.
@@ -95,6 +99,16 @@ impl Metrics {
             "read_bytes",
             "Bytes of records framed from log files",
             self.bytes_read.clone(),
+        );
+        r.register(
+            "heartbeats_sent",
+            "Heartbeats acknowledged by Kafka",
+            self.heartbeats_sent.clone(),
+        );
+        r.register(
+            "heartbeat_failures",
+            "Heartbeats not sent or not delivered",
+            self.heartbeat_failures.clone(),
         );
         r.register(
             "records_shipped",

@@ -64,8 +64,8 @@ fn from_beginning(brokers: &str, topic: &str) -> BaseConsumer {
     consumer
 }
 
-/// Every message of `topic`, decoded. Stops at `expected` distinct (file, offset) records or
-/// after `idle` without a new message.
+/// Every log record message of `topic` (heartbeats left out), decoded. Stops at `expected`
+/// distinct (file, offset) records or after `idle` without a new message.
 pub fn consume_all(brokers: &str, topic: &str, expected: usize, idle: Duration) -> Vec<Shipped> {
     let consumer = from_beginning(brokers, topic);
     let decoder = Decoder::new(None);
@@ -79,6 +79,10 @@ pub fn consume_all(brokers: &str, topic: &str, expected: usize, idle: Duration) 
                 let record = decoder
                     .decode_single_object(payload)
                     .expect("shipped message decodes");
+                // Shipper heartbeats are no log records (and no progress).
+                if record.source.kind == pgtrail_avro::RecordKind::Heartbeat {
+                    continue;
+                }
                 distinct.insert((record.source.file_id.clone(), record.offset), ());
                 out.push(Shipped {
                     partition: m.partition(),

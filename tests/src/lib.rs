@@ -4,11 +4,13 @@
 //! Owns: [`broker`] (Tansu behind a cuttable proxy), [`pglogs`] (log generation and an
 //! independent record enumeration), [`consume`] (reading topics back), [`process`] (building
 //! and running the binaries), [`registry`] (a Schema Registry that can be taken down),
-//! [`secure`] (TLS and SCRAM brokers), [`objstore`] (S3 and Azure emulators). Must
+//! [`secure`] (TLS and SCRAM brokers), [`objstore`] (S3 and Azure emulators), [`lagmon`]
+//! (webhook receiver, `lag --once`, a mock cluster with retention). Must
 //! not: reimplement product logic it checks.
 
 pub mod broker;
 pub mod consume;
+pub mod lagmon;
 pub mod lake;
 pub mod objstore;
 pub mod pglogs;

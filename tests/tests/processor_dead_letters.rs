@@ -28,6 +28,7 @@ fn envelope(format: LogFormat, file: &str, offset: i64, data: &[u8]) -> Vec<u8> 
             file_id: file.into(),
             log_line_prefix: None,
             log_timezone: None,
+            kind: pgtrail_avro::RecordKind::Log,
         },
         offset,
         data: data.to_vec(),

@@ -46,6 +46,7 @@ fn checkpoint(p: i32, version: i64, last: i64) -> PartitionCheckpoint {
         anchor: None,
         clock: Default::default(),
         released: Vec::new(),
+        heartbeat: None,
     }
 }
 

@@ -43,6 +43,11 @@ pub struct PartitionCheckpoint {
     /// unaudited failure).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<ReleasedTx>,
+    /// When the newest shipper heartbeat at or below `version` was sent, µs since the epoch
+    /// (end-to-end freshness; absent before the first heartbeat and in checkpoints of older
+    /// processors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<i64>,
 }
 
 /// A partition's newest log times: they decide when outcome windows close and when an open

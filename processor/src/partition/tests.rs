@@ -38,6 +38,7 @@ pub(crate) fn record<'a>(
             file_id: Arc::from(file),
             log_line_prefix: None,
             log_timezone: None,
+            kind: pgtrail_avro::RecordKind::Log,
         },
         offset,
         data: std::borrow::Cow::Borrowed(text.as_bytes()),
@@ -288,4 +289,54 @@ fn the_safe_offset_follows_a_steady_stream_of_statements() {
     assert_eq!(p.safe_offset(), Some(48), "only the last one is held");
     let cp = p.checkpoint().expect("checkpoint");
     assert_eq!((cp.version, cp.released.len()), (48, 1));
+}
+
+/// A shipper heartbeat is no row and no dead letter; the checkpoint records the newest one
+/// once its offset is covered (not while an earlier record is pending), and a resume keeps it.
+#[test]
+fn heartbeats_make_no_rows_and_are_recorded_once_covered() {
+    let mut servers = OnePrefix(ServerFormat::new("%m [%p] %v %e ", None).expect("prefix"));
+    let tp = crate::topic_partition::TopicPartition::new("t", 0);
+    let mut p = Partition::new(tp.clone(), None, None, Duration::from_secs(60));
+    // Offsets 0..=3: an ERROR record (open: it waits for its continuation lines) at 0..=3,
+    // then the heartbeat at 5 after a record of another process at 4.
+    let out = push_stderr(&mut p, &mut servers, 0, &ERROR_WITH_STATEMENT);
+    let metrics = Metrics::default();
+    let mut beat = record(LogFormat::Csvlog, "", 0, "");
+    beat.source.kind = pgtrail_avro::RecordKind::Heartbeat;
+    beat.read_at_micros = 1_800_000_000_000_000;
+    let mut hb_out = Outputs::default();
+    let idle = p.idle_for();
+    std::thread::sleep(Duration::from_millis(20));
+    let msg = Incoming {
+        offset: 5,
+        key: None,
+        payload: b"hb",
+        at: Instant::now(),
+    };
+    p.push(msg, Ok(beat), &mut servers, &metrics, &mut hb_out);
+    assert!(hb_out.rows.is_empty() && hb_out.dead.is_empty());
+    assert!(
+        p.idle_for() >= idle + Duration::from_millis(20),
+        "a heartbeat is no activity: idle releases still happen"
+    );
+    // Record 4 is still open: the safe offset is 3, the heartbeat at 5 is not covered.
+    let cp = p.checkpoint().expect("checkpoint");
+    assert_eq!((cp.version, cp.heartbeat), (3, None));
+    let mut end = Outputs::default();
+    p.finish(&metrics, &mut end);
+    assert_eq!(
+        out.rows.len() + end.rows.len(),
+        1,
+        "the audited INSERT only"
+    );
+    let cp = p.checkpoint().expect("checkpoint");
+    assert_eq!((cp.version, cp.heartbeat), (5, Some(1_800_000_000_000_000)));
+    // A resume from that checkpoint keeps it.
+    let mut resumed = Partition::new(tp, Some(5), Some(cp), Duration::from_secs(60));
+    resumed.finish(&metrics, &mut Outputs::default());
+    assert_eq!(
+        resumed.checkpoint().and_then(|c| c.heartbeat),
+        Some(1_800_000_000_000_000)
+    );
 }

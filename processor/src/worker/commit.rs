@@ -22,12 +22,15 @@ use tracing::{info, warn};
 use super::{Worker, schema_err};
 use crate::committer::{Committer, Landed, PartitionCommit};
 use crate::error::ProcessorError;
+use crate::members::Beacon;
 
 /// A server's table: its committer (`None` while a commit owns it) and the commit in flight.
 #[derive(Default)]
 pub(super) struct Slot {
     committer: Option<Committer>,
     inflight: Option<JoinHandle<(Committer, Result<Landed, ProcessorError>)>>,
+    /// This instance's member record beside the table (`members.rs`).
+    beacon: Option<Beacon>,
 }
 
 impl Worker {
@@ -53,6 +56,12 @@ impl Worker {
                 self.cfg.allow_new_group,
             ))?;
             info!(topic, table = uri, "Table ready.");
+            slot.beacon = Some(Beacon::new(
+                committer.object_store(),
+                &self.cfg.group,
+                committer.writer(),
+                &self.rt,
+            ));
             slot.committer = Some(committer);
         }
         slot.committer
@@ -60,6 +69,31 @@ impl Worker {
             .ok_or_else(|| ProcessorError::Internal {
                 reason: format!("no committer for {topic}"),
             })
+    }
+
+    /// Rewrites this instance's member record beside each open table (when a beat is due)
+    /// with the partitions it holds.
+    pub(super) fn beat_members(&mut self) {
+        for (topic, slot) in &mut self.tables {
+            if let Some(beacon) = &mut slot.beacon {
+                let held = self
+                    .parts
+                    .keys()
+                    .filter(|tp| *tp.topic == **topic)
+                    .cloned()
+                    .collect();
+                beacon.beat(&self.rt, held);
+            }
+        }
+    }
+
+    /// Deletes this instance's member records (a graceful stop).
+    pub fn leave_members(&mut self) {
+        for slot in self.tables.values_mut() {
+            if let Some(beacon) = slot.beacon.take() {
+                beacon.leave(&self.rt);
+            }
+        }
     }
 
     /// Whether `topic`'s table has a commit in flight.
@@ -158,6 +192,12 @@ impl Worker {
             if let Some(a) = self.parts.get_mut(tp) {
                 a.token = *token;
                 a.partition.committed = token.version;
+                // Everything consumed is committed: nothing waits. Otherwise the oldest
+                // waiting message is not known exactly; the earlier time stands (an
+                // overestimate, never an underestimate).
+                if a.partition.last_offset() == token.version {
+                    a.waiting_since = None;
+                }
                 if let Some(v) = token.version {
                     let _ = tpl.add_partition_offset(topic, tp.partition, Offset::Offset(v + 1));
                 }

@@ -19,7 +19,7 @@ use super::{Worker, probe};
 use crate::config::Config;
 use crate::error::ProcessorError;
 use crate::partition::{Outputs, Partition};
-use crate::telemetry::{Metrics, ReasonLabel};
+use crate::telemetry::{Metrics, PartitionLabel, ReasonLabel};
 
 /// The label of partitions paused while their table's previous commit runs.
 fn commit_label() -> ReasonLabel {
@@ -54,6 +54,7 @@ impl Worker {
         let window = Config::ms(self.cfg.outcome_window_ms);
         self.release_each(|p, metrics, out| p.release_idle(window, metrics, out))?;
         self.update_gauges();
+        self.beat_members();
         let interval_due = self.last_commit.elapsed() >= Config::ms(self.cfg.flush_interval_ms);
         let mut due: Vec<String> = Vec::new();
         let mut per_topic: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -214,5 +215,26 @@ impl Worker {
         });
         self.metrics.rows_held.set(held as i64);
         self.metrics.rows_buffered.set(buffered as i64);
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        // Only assigned partitions: a revoked one's figures are its new owner's.
+        self.metrics.table_position_offset.clear();
+        self.metrics.time_lag_seconds.clear();
+        for (tp, a) in &self.parts {
+            let label = PartitionLabel {
+                topic: tp.topic.to_string(),
+                partition: tp.partition.to_string(),
+            };
+            if let Some(v) = a.token.version {
+                self.metrics
+                    .table_position_offset
+                    .get_or_create(&label)
+                    .set(v + 1);
+            }
+            let lag = a.waiting_since.map_or(0, |t| (now_ms - t).max(0));
+            self.metrics
+                .time_lag_seconds
+                .get_or_create(&label)
+                .set(lag as f64 / 1000.0);
+        }
     }
 }

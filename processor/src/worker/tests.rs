@@ -32,6 +32,7 @@ fn assigned(tp: &TopicPartition) -> Assigned {
         rows: rows::Rows::new(&tp.topic, tp.partition),
         probe: probe::OffsetProbe::resuming(None, None).0,
         waiting: None,
+        waiting_since: None,
     }
 }
 

@@ -74,6 +74,7 @@ fn main() {
             },
             log_line_prefix: None,
             log_timezone: None,
+            kind: pgtrail_avro::RecordKind::Log,
         });
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
@@ -121,7 +122,8 @@ fn main() {
         .expect("runtime");
     let created = rt.block_on(admin.create_topics(
         [&NewTopic::new(topic, 6, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
+        // librdkafka's mock cluster does not answer CreateTopics: do not wait a minute for it.
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(5))),
     ));
     if let Err(e) = created {
         eprintln!("create topic: {e}");
