@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use crate::delta::AuditTable;
 use crate::error::{ErrorClass, ProcessorError};
 use crate::failpoint::Failpoints;
+use crate::job::{CommitFacts, JobTally, PartitionFacts, job_facts};
 use crate::partition::PartitionCheckpoint;
 use crate::state::{StateStore, StoredState, new_state_id, offset_app_id, state_app_id};
 use crate::telemetry::Metrics;
@@ -81,6 +82,8 @@ pub struct PartitionCommit {
     pub expected: Token,
     /// Its rows.
     pub batches: Vec<RecordBatch>,
+    /// Its counts since its previous commit (job facts).
+    pub tally: JobTally,
 }
 
 impl PartitionCommit {
@@ -123,6 +126,8 @@ pub struct Committer {
     swept: bool,
     /// Write partitions of a topic another group wrote into this table (`allow_new_group`).
     allow_new_group: bool,
+    /// The commit under way: when it started and its attempt (job facts).
+    job: (chrono::DateTime<Utc>, u32),
 }
 
 impl Committer {
@@ -165,6 +170,7 @@ impl Committer {
             failpoints,
             swept: false,
             allow_new_group,
+            job: (Utc::now(), 0),
         })
     }
 
@@ -337,9 +343,11 @@ impl Committer {
         let mut written: Option<Instant> = None;
         let mut uploaded: Option<(Vec<TopicPartition>, Vec<Action>)> = None;
         let mut fenced = Vec::new();
+        let started_at = Utc::now();
         let mut attempt = 0u32;
         let outcome = loop {
             attempt += 1;
+            self.job = (started_at, attempt);
             let step = self
                 .attempt(
                     id,
@@ -526,10 +534,36 @@ impl Committer {
         if let Some(at) = parts.iter().filter_map(|p| p.checkpoint.heartbeat).max() {
             metadata["heartbeat_at"] = json!(at);
         }
+        metadata["job"] = self.job_facts(parts);
         self.failpoints.hit("commit.before_log").await?;
         let version = self.table.commit_log(adds, &txns, metadata).await?;
         self.failpoints.hit("commit.after_log").await?;
         Ok(Attempt::Landed(Some(version)))
+    }
+
+    /// The `job` facts of the attempt writing `parts` (`job.rs`).
+    fn job_facts(&self, parts: &[PartitionCommit]) -> serde_json::Value {
+        let facts: Vec<PartitionFacts> = parts
+            .iter()
+            .map(|p| PartitionFacts {
+                topic: p.tp.topic.to_string(),
+                partition: p.tp.partition,
+                first_offset: p.expected.version.map_or(0, |v| v + 1),
+                last_offset: p.checkpoint.version,
+                rows: p.rows() as u64,
+                tally: p.tally,
+            })
+            .collect();
+        let commit = CommitFacts {
+            group: &self.group,
+            writer: &self.writer,
+            table: self.table.uri(),
+            version: self.table.version().map_or(0, |v| v + 1),
+            rows_before: self.table.row_count().unwrap_or(0),
+            started: self.job.0,
+            attempt: self.job.1,
+        };
+        job_facts(&commit, &facts, Utc::now())
     }
 
     /// Step 5 of the module documentation: maintenance and garbage, best effort.

@@ -18,6 +18,7 @@ pub mod delta;
 pub mod dlq;
 pub mod error;
 pub mod failpoint;
+pub mod job;
 pub mod lag;
 pub mod lake;
 pub mod members;

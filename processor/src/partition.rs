@@ -34,6 +34,7 @@ pub use dedup::{DEDUP_FILES, DedupMemory, FileMark, file_key};
 
 use crate::audit::outcome::{Disposition, OutcomeTracker};
 use crate::audit::{AuditRow, Outcome, Source};
+use crate::job::{JobTally, Skip};
 use crate::parse::stderr::{LineKind, Pushed, StderrAssembler};
 use crate::parse::{LogRecord, ServerFormat, parse_record};
 use crate::telemetry::Metrics;
@@ -66,6 +67,16 @@ pub struct Outputs {
     pub rows: Vec<(AuditRow, i64)>,
     /// Dead letters.
     pub dead: Vec<DeadLetter>,
+    /// Records that became no row, by reason (its `skipped` counts only).
+    pub skipped: JobTally,
+}
+
+impl Outputs {
+    /// Counts a record that became no row (the metric and the commit's job facts).
+    fn skip(&mut self, reason: Skip, metrics: &Metrics) {
+        metrics.skipped(reason.as_str());
+        self.skipped.skip(reason, 1);
+    }
 }
 
 /// A consumed message's coordinates and bytes.
@@ -268,17 +279,17 @@ impl Partition {
             // covers it.
             self.last_activity = idle_since;
             self.heartbeats.push((offset, rec.read_at_micros));
-            metrics.skipped("heartbeat");
+            out.skip(Skip::Heartbeat, metrics);
             return;
         }
         // File ids are shared (`Arc`) by the decoder and the memory: no copy per record.
         if self.dedup.check(offset, &rec.source.file_id, rec.offset) {
-            metrics.skipped("duplicate");
+            out.skip(Skip::Duplicate, metrics);
             return;
         }
         let format = rec.source.format;
         if !servers.accepts(&rec.source.server, format) {
-            metrics.skipped("format_filtered");
+            out.skip(Skip::FormatFiltered, metrics);
             return;
         }
         // The record's text, validated once and read in place (in the message): the parsers
@@ -405,8 +416,8 @@ impl Partition {
                     },
                 });
             }
-            Disposition::Skipped => metrics.skipped("not_audit"),
-            Disposition::LateOutcome => metrics.skipped("late_outcome"),
+            Disposition::Skipped => out.skip(Skip::NotAudit, metrics),
+            Disposition::LateOutcome => out.skip(Skip::LateOutcome, metrics),
             Disposition::Poison(_) => {}
         }
         self.emit(released, metrics, out);
@@ -421,7 +432,7 @@ impl Partition {
             if self.emits(offset) {
                 out.rows.push((row, offset));
             } else {
-                metrics.skipped("replayed");
+                out.skip(Skip::Replayed, metrics);
             }
         }
         if rows.capacity() <= RELEASED_KEPT {

@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::dlq::DeadLetters;
 use crate::error::{ErrorClass, ProcessorError};
 use crate::failpoint::Failpoints;
+use crate::job::JobTally;
 use crate::partition::{Incoming, Outputs, Partition};
 use crate::telemetry::Metrics;
 use crate::topic_partition::TopicPartition;
@@ -72,6 +73,8 @@ struct Assigned {
     /// Broker timestamp (ms) of the first message consumed since everything consumed was
     /// committed (the processor's time lag; `None`: nothing consumed waits).
     waiting_since: Option<i64>,
+    /// Counts since the partition's last commit (the commit's job facts).
+    tally: JobTally,
 }
 
 /// A consumed message, as the worker handles it.
@@ -306,6 +309,7 @@ impl Worker {
             rows: rows::Rows::new(&tp.topic, tp.partition),
             waiting: None,
             waiting_since: None,
+            tally: JobTally::default(),
         };
         Ok((assigned, at))
     }
@@ -467,6 +471,8 @@ impl Worker {
                 if a.waiting_since.is_none() {
                     a.waiting_since = timestamp_ms;
                 }
+                a.tally.consumed += 1;
+                a.tally.bytes += payload.len() as u64;
             }
             probe::Verdict::Skip => return Ok(()),
             probe::Verdict::Seek(to) => {
@@ -550,9 +556,11 @@ impl Worker {
         totals: &mut Totals,
         now: DateTime<Utc>,
     ) -> Result<(), ProcessorError> {
+        a.tally.add(&out.skipped);
         for d in &out.dead {
             dlq.send(d, metrics)?;
             totals.dead_letters += 1;
+            a.tally.dead_letters += 1;
         }
         if out.rows.is_empty() {
             return Ok(());

@@ -56,6 +56,10 @@ fn part(p: i32, expected: Token, version: i64, rows: std::ops::Range<i64>) -> Pa
         checkpoint: checkpoint(p, version, rows.end - 1),
         expected,
         batches: vec![batch(p, rows)],
+        tally: crate::job::JobTally {
+            consumed: 3,
+            ..Default::default()
+        },
     }
 }
 
@@ -324,4 +328,68 @@ async fn another_group_is_refused_a_table_holding_its_topic() {
     .await
     .unwrap();
     assert!(allowed.resume(&tp(1)).await.is_ok());
+}
+
+/// Issue 20, job-audit facts: every commit records in its commit info what it covers (first
+/// and last offset per partition), what it wrote and the table's size before and after; a
+/// commit whose first attempt failed says so (`retries`).
+#[tokio::test]
+async fn each_commit_records_its_job_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = open(dir.path(), "g", "commit.before_log=error@2").await;
+    let metrics = Metrics::default();
+    let first = c
+        .commit(
+            vec![
+                part(0, Token::default(), 4, 0..5),
+                part(1, Token::default(), 2, 0..3),
+            ],
+            &metrics,
+        )
+        .await
+        .unwrap();
+    let token = first.committed[0].1;
+    c.commit(vec![part(0, token, 9, 5..10)], &metrics)
+        .await
+        .unwrap();
+    let uri = dir.path().join("t").to_string_lossy().into_owned();
+    let table = AuditTable::open_existing(&uri).await.unwrap().unwrap();
+    let history = table.recent_metadata(10).await.unwrap();
+    let jobs: Vec<&serde_json::Value> = history.iter().map(|(_, m)| &m["job"]).collect();
+    assert_eq!(jobs.len(), 2, "{history:?}");
+    let (second, first) = (jobs[0], jobs[1]);
+    assert_eq!(first["mode"], "incremental");
+    assert_eq!(first["id"], "pgtrail-processor/g");
+    assert_eq!(first["run"], second["run"], "one run");
+    assert_eq!(
+        (first["rows_before"].as_u64(), first["rows_after"].as_u64()),
+        (Some(0), Some(8))
+    );
+    assert_eq!(
+        (
+            second["rows_before"].as_u64(),
+            second["rows_after"].as_u64()
+        ),
+        (Some(8), Some(13))
+    );
+    assert_eq!(
+        first["records_consumed"], 6,
+        "3 per partition (the test's tally)"
+    );
+    assert_eq!(second["table_version"], table.version().unwrap());
+    assert_eq!(
+        second["retries"], 1,
+        "the second commit's first attempt failed"
+    );
+    let p = &second["partitions"][0];
+    assert_eq!(
+        (
+            p["first_offset"].as_i64(),
+            p["last_offset"].as_i64(),
+            p["rows_written"].as_u64()
+        ),
+        (Some(5), Some(9), Some(5))
+    );
+    assert_eq!(first["partitions"][1]["first_offset"], 0);
+    assert_eq!(first["status"], "committed");
 }

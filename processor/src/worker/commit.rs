@@ -259,6 +259,7 @@ impl Worker {
                 checkpoint,
                 expected: a.token,
                 batches,
+                tally: std::mem::take(&mut a.tally),
             });
         }
         if commits.is_empty() {

@@ -33,6 +33,7 @@ fn assigned(tp: &TopicPartition) -> Assigned {
         probe: probe::OffsetProbe::resuming(None, None).0,
         waiting: None,
         waiting_since: None,
+        tally: Default::default(),
     }
 }
 
