@@ -40,6 +40,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Per table: Delta version, row count, Kafka offset per topic-partition, last commit.
     Status(StatusArgs),
+    /// The job facts of the tables' commits, newest first.
+    Jobs(JobsArgs),
     /// Consumer lag from the tables' positions and the broker (works with no processor
     /// running): `--once` prints and exits 0/1/2 (OK/warning/critical, 3: could not run),
     /// `--serve` exports `pgtrail_lag_*` metrics and sends alert webhooks.
@@ -135,6 +137,26 @@ pub struct RunArgs {
     /// bootstrap address to this file, and consume from it. For the quick start only.
     #[arg(long)]
     pub embedded_kafka: Option<PathBuf>,
+}
+
+/// Flags of `jobs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsArgs {
+    /// TOML configuration file: its `[storage]` section reaches object-store lakes.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Lake root: every table under `<lake>/pg_archive_sync/`.
+    #[arg(long)]
+    pub lake: Option<String>,
+    /// A table URI; repeat for several.
+    #[arg(long)]
+    pub table: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only commits of the last this long (e.g. `24h`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
 }
 
 /// Flags of `status`.

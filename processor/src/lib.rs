@@ -19,6 +19,7 @@ pub mod dlq;
 pub mod error;
 pub mod failpoint;
 pub mod job;
+pub mod jobs;
 pub mod lag;
 pub mod lake;
 pub mod members;

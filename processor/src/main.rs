@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use processor::config::{Command, LagArgs, RunArgs, StatusArgs};
+use processor::config::{Command, JobsArgs, LagArgs, RunArgs, StatusArgs};
 use processor::consumer::{READY_GROUP, READY_REGISTRY};
 use processor::telemetry::Metrics;
 use processor::{Cli, Config};
@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Run(args) => rt.block_on(run(*args)),
         Command::Status(args) => rt.block_on(status(args)),
         Command::Lag(args) => rt.block_on(lag(args)),
+        Command::Jobs(args) => rt.block_on(jobs(args)),
     };
     match result {
         Ok(code) => code,
@@ -278,3 +279,42 @@ async fn lag(args: LagArgs) -> anyhow::Result<ExitCode> {
 
 /// Readiness condition of `lag --serve`: a round was observed.
 const READY_ROUND: &str = "round";
+
+async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
+    let t = &args;
+    let storage = match Config::load_storage(t.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid configuration.");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    let mut tables = t.table.clone();
+    if let Some(lake) = &t.lake {
+        tables.extend(processor::status::find_tables(lake, &storage).await?);
+    }
+    if tables.is_empty() {
+        eprintln!("jobs: no tables (give --lake or --table)");
+        return Ok(ExitCode::from(2));
+    }
+    let since = args
+        .since
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .map(|d| chrono::Utc::now() - d);
+    let mut all = Vec::new();
+    for uri in &tables {
+        match processor::jobs::table_jobs(uri, &storage, since).await? {
+            Some(lines) => all.extend(lines),
+            None => eprintln!("jobs: no Delta table at {uri}"),
+        }
+    }
+    all.sort_by_key(|line| std::cmp::Reverse(line.at));
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        for line in &all {
+            print!("{line}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

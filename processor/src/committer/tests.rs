@@ -392,4 +392,23 @@ async fn each_commit_records_its_job_facts() {
     );
     assert_eq!(first["partitions"][1]["first_offset"], 0);
     assert_eq!(first["status"], "committed");
+    // `pgtrail-processor jobs` reads the same facts back, newest first; `--since` cuts.
+    let lake = crate::lake::Lake::default();
+    let lines = crate::jobs::table_jobs(&uri, &lake, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(&lines[0].job, second);
+    let text = lines[0].to_string();
+    assert!(
+        text.contains("0:5..=9") && text.contains("retries 1"),
+        "{text}"
+    );
+    let future = chrono::Utc::now() + chrono::Duration::hours(1);
+    let none = crate::jobs::table_jobs(&uri, &lake, Some(future))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(none.is_empty());
 }
