@@ -48,6 +48,16 @@ fn run(disturbance: Disturbance) {
         &work.path().join("state"),
         &cluster.log_line_prefix(),
     );
+    // Heartbeats five times a second reach every partition: A's blocked commit holds each of
+    // them, whichever the group takes from A (sessions alone leave some partitions sparse, and
+    // a partition with nothing new is left out of a commit: nothing to fence).
+    let ship_config = work.path().join("shipper.toml");
+    std::fs::write(&ship_config, "heartbeat_interval_ms = 200\n").unwrap();
+    let mut ship = ship;
+    ship.extend([
+        "--config".into(),
+        ship_config.to_string_lossy().into_owned(),
+    ]);
     broker.create_topic("pgaudit.raw.primary", 3);
     let lake = work.path().join("lake");
     let config = work.path().join("processor.toml");
