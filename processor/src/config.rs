@@ -139,29 +139,9 @@ pub struct RunArgs {
     pub embedded_kafka: Option<PathBuf>,
 }
 
-/// Flags of `jobs`.
+/// Flags of `status` and `jobs` choosing the tables to read.
 #[derive(Debug, Clone, clap::Args)]
-pub struct JobsArgs {
-    /// TOML configuration file: its `[storage]` section reaches object-store lakes.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Lake root: every table under `<lake>/pg_archive_sync/`.
-    #[arg(long)]
-    pub lake: Option<String>,
-    /// A table URI; repeat for several.
-    #[arg(long)]
-    pub table: Vec<String>,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Only commits of the last this long (e.g. `24h`).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub since: Option<Duration>,
-}
-
-/// Flags of `status`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StatusArgs {
+pub struct TablesArgs {
     /// TOML configuration file: its `[storage]` section reaches object-store lakes.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -172,12 +152,31 @@ pub struct StatusArgs {
     /// A table URI; repeat for several.
     #[arg(long)]
     pub table: Vec<String>,
-    /// Also count rows per audit class and result (reads the data files).
-    #[arg(long)]
-    pub summary: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Flags of `jobs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsArgs {
+    /// The tables.
+    #[command(flatten)]
+    pub tables: TablesArgs,
+    /// Only commits of the last this long (e.g. `24h`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+}
+
+/// Flags of `status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The tables.
+    #[command(flatten)]
+    pub tables: TablesArgs,
+    /// Also count rows per audit class and result (reads the data files).
+    #[arg(long)]
+    pub summary: bool,
 }
 
 /// Parsing settings of one server (the `server` field of the records).

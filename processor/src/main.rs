@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use processor::config::{Command, JobsArgs, LagArgs, RunArgs, StatusArgs};
+use processor::config::{Command, JobsArgs, LagArgs, RunArgs, StatusArgs, TablesArgs};
 use processor::consumer::{READY_GROUP, READY_REGISTRY};
 use processor::telemetry::Metrics;
 use processor::{Cli, Config};
@@ -175,22 +175,35 @@ async fn check_lake(cfg: &Config) -> Result<(), processor::error::ProcessorError
     Ok(())
 }
 
-async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let storage = match processor::config::Config::load_storage(args.config.as_deref()) {
+/// The storage settings and the table URIs `t` names (`Err`: the exit code, after saying
+/// why).
+async fn select_tables(
+    command: &str,
+    t: &TablesArgs,
+) -> anyhow::Result<Result<(processor::lake::Lake, Vec<String>), ExitCode>> {
+    let storage = match Config::load_storage(t.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "Invalid configuration.");
-            return Ok(ExitCode::from(e.exit_code()));
+            return Ok(Err(ExitCode::from(e.exit_code())));
         }
     };
-    let mut tables = args.table.clone();
-    if let Some(lake) = &args.lake {
+    let mut tables = t.table.clone();
+    if let Some(lake) = &t.lake {
         tables.extend(processor::status::find_tables(lake, &storage).await?);
     }
     if tables.is_empty() {
-        eprintln!("status: no tables (give --lake or --table)");
-        return Ok(ExitCode::from(2));
+        eprintln!("{command}: no tables (give --lake or --table)");
+        return Ok(Err(ExitCode::from(2)));
     }
+    Ok(Ok((storage, tables)))
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (storage, tables) = match select_tables("status", &args.tables).await? {
+        Ok(selected) => selected,
+        Err(code) => return Ok(code),
+    };
     let mut all = Vec::new();
     for t in &tables {
         match processor::status::table_status(t, &storage, args.summary).await? {
@@ -198,7 +211,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             None => eprintln!("status: no Delta table at {t}"),
         }
     }
-    if args.json {
+    if args.tables.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for s in &all {
@@ -281,22 +294,10 @@ async fn lag(args: LagArgs) -> anyhow::Result<ExitCode> {
 const READY_ROUND: &str = "round";
 
 async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let t = &args;
-    let storage = match Config::load_storage(t.config.as_deref()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "Invalid configuration.");
-            return Ok(ExitCode::from(e.exit_code()));
-        }
+    let (storage, tables) = match select_tables("jobs", &args.tables).await? {
+        Ok(selected) => selected,
+        Err(code) => return Ok(code),
     };
-    let mut tables = t.table.clone();
-    if let Some(lake) = &t.lake {
-        tables.extend(processor::status::find_tables(lake, &storage).await?);
-    }
-    if tables.is_empty() {
-        eprintln!("jobs: no tables (give --lake or --table)");
-        return Ok(ExitCode::from(2));
-    }
     let since = args
         .since
         .and_then(|d| chrono::Duration::from_std(d).ok())
@@ -309,7 +310,7 @@ async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     all.sort_by_key(|line| std::cmp::Reverse(line.at));
-    if t.json {
+    if args.tables.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for line in &all {
