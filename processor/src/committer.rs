@@ -161,11 +161,10 @@ impl Committer {
     ) -> Result<Committer, ProcessorError> {
         let table = AuditTable::open_or_create_with(uri, options, checkpoint_interval).await?;
         let states = StateStore::new(table.object_store(), uri, group);
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(Committer {
             table,
             group: group.to_owned(),
-            writer: format!("{}:{}", host.trim(), std::process::id()),
+            writer: crate::job::writer_id(),
             states,
             failpoints,
             swept: false,
@@ -256,6 +255,10 @@ impl Committer {
             return Ok(());
         }
         let mut others = self.states.other_groups_of(&tp.topic).await?;
+        // A replay of this group's own table names itself `replay:<group>`; a table the group
+        // never wrote (an `--into` table) is another group's.
+        let own_replay = format!("replay:{}", self.group);
+        let wrote_here = !self.states.list().await?.is_empty();
         // Tables written before state objects: the commit info names group and topic.
         for (_, meta) in self.table.recent_metadata(LEGACY_HISTORY).await? {
             let group = meta
@@ -269,7 +272,8 @@ impl Committer {
                     ps.iter()
                         .any(|p| p.get("topic").and_then(|t| t.as_str()) == Some(&*tp.topic))
                 });
-            if has_topic && group != self.group && !others.iter().any(|o| o == group) {
+            let ours = group == self.group || (wrote_here && group == own_replay);
+            if has_topic && !ours && !others.iter().any(|o| o == group) {
                 others.push(group.to_owned());
             }
         }
@@ -555,6 +559,7 @@ impl Committer {
             })
             .collect();
         let commit = CommitFacts {
+            mode: crate::job::JobMode::Incremental,
             group: &self.group,
             writer: &self.writer,
             table: self.table.uri(),

@@ -42,6 +42,9 @@ pub enum Command {
     Status(StatusArgs),
     /// The job facts of the tables' commits, newest first.
     Jobs(JobsArgs),
+    /// Derive rows again from the raw records still in Kafka (after a parser fix or a
+    /// settings change) and replace the rows that came from them, in one commit per table.
+    Replay(Box<crate::replay::ReplayArgs>),
     /// Consumer lag from the tables' positions and the broker (works with no processor
     /// running): `--once` prints and exits 0/1/2 (OK/warning/critical, 3: could not run),
     /// `--serve` exports `pgtrail_lag_*` metrics and sends alert webhooks.
@@ -163,9 +166,16 @@ pub struct JobsArgs {
     /// The tables.
     #[command(flatten)]
     pub tables: TablesArgs,
-    /// Only commits of the last this long (e.g. `24h`).
+    /// Only jobs of the last this long (e.g. `24h`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub since: Option<Duration>,
+    /// Only failed runs and commits whose facts do not reconcile.
+    #[arg(long)]
+    pub failed: bool,
+    /// The job-audit table. Default: the config's `[jobs] table`, else `<lake>/pgtrail_jobs`
+    /// (without one, commits are read from the tables' histories).
+    #[arg(long)]
+    pub jobs_table: Option<String>,
 }
 
 /// Flags of `status`.
@@ -284,6 +294,9 @@ pub struct Config {
     /// `[lag]`: the lag monitor, `pgtrail-processor lag` (README, "Monitoring and alerts").
     /// Default: see each key.
     pub lag: crate::lag::config::LagSection,
+    /// `[jobs]`: the job-audit table `pgtrail_jobs` (README, "Job audit"). Default: see each
+    /// key.
+    pub jobs: crate::joblog::JobsSection,
 }
 
 impl Default for Config {
@@ -318,6 +331,7 @@ impl Default for Config {
             registry: RegistrySection::default(),
             storage: StorageSection::default(),
             lag: crate::lag::config::LagSection::default(),
+            jobs: crate::joblog::JobsSection::default(),
         }
     }
 }
@@ -344,7 +358,7 @@ impl Config {
     }
 
     /// The file at `path` parsed (the defaults without one), flags not applied.
-    fn read(path: Option<&std::path::Path>) -> Result<Config, ProcessorError> {
+    pub fn read(path: Option<&std::path::Path>) -> Result<Config, ProcessorError> {
         let Some(path) = path else {
             return Ok(Config::default());
         };

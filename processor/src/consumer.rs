@@ -150,6 +150,21 @@ fn kafka(what: &str, e: impl std::fmt::Display) -> ProcessorError {
     }
 }
 
+/// The message decoder of `cfg`: with its Schema Registry client when one is configured.
+pub fn decoder(cfg: &Config) -> Result<Decoder, ProcessorError> {
+    let registry = match cfg.registry_url.as_deref() {
+        Some(url) => {
+            let config = |reason: String| ProcessorError::Config { reason };
+            let auth = cfg.registry.auth().map_err(|e| config(e.to_string()))?;
+            let registry =
+                Registry::with_auth(url, auth).map_err(|e| config(format!("registry_url: {e}")))?;
+            Some(registry)
+        }
+        None => None,
+    };
+    Ok(Decoder::new(registry))
+}
+
 /// The consumer's client configuration.
 pub fn consumer_config(cfg: &Config) -> Result<ClientConfig, ProcessorError> {
     let mut c = ClientConfig::new();
@@ -333,16 +348,6 @@ fn connect(
     health: Arc<Health>,
     rt: &Handle,
 ) -> Result<BaseConsumer<Ctx>, ProcessorError> {
-    let registry = match cfg.registry_url.as_deref() {
-        Some(url) => {
-            let config = |reason: String| ProcessorError::Config { reason };
-            let auth = cfg.registry.auth().map_err(|e| config(e.to_string()))?;
-            let registry =
-                Registry::with_auth(url, auth).map_err(|e| config(format!("registry_url: {e}")))?;
-            Some(registry)
-        }
-        None => None,
-    };
     let gate = Arc::new(LogGate::default());
     let dlq = DeadLetters::new(cfg, gate.clone())?;
     let failpoints = Failpoints::from_env().map_err(|reason| ProcessorError::Config { reason })?;
@@ -350,7 +355,7 @@ fn connect(
         cfg.clone(),
         rt.clone(),
         metrics.clone(),
-        Decoder::new(registry),
+        decoder(cfg)?,
         dlq,
         std::sync::Arc::new(failpoints),
     );

@@ -196,6 +196,20 @@ fn single_partition<S: ScalarExt>(batch: &RecordBatch) -> Option<indexmap::Index
     )]))
 }
 
+/// The Kafka topic and partition of `batch`'s first row (`None`: no such columns or rows).
+fn kafka_partition_of(batch: &RecordBatch) -> Option<(String, i32)> {
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::datatypes::Int32Type;
+    let topic = batch
+        .column_by_name("kafka_topic")?
+        .as_string_opt::<i32>()?;
+    let partition = batch
+        .column_by_name("kafka_partition")?
+        .as_primitive_opt::<Int32Type>()?;
+    (!topic.is_empty() && topic.is_valid(0) && partition.is_valid(0))
+        .then(|| (topic.value(0).to_owned(), partition.value(0)))
+}
+
 /// One server's audit table.
 pub struct AuditTable {
     uri: String,
@@ -248,6 +262,25 @@ impl AuditTable {
         options: HashMap<String, String>,
         checkpoint_interval: u64,
     ) -> Result<AuditTable, ProcessorError> {
+        Self::open_or_create_as(
+            uri,
+            options,
+            &arrow_schema(),
+            &[PARTITION_COLUMN],
+            checkpoint_interval,
+        )
+        .await
+    }
+
+    /// As [`AuditTable::open_or_create_with`], a created table having `schema` and
+    /// `partition_columns` (the job-audit table, `joblog.rs`).
+    pub async fn open_or_create_as(
+        uri: &str,
+        options: HashMap<String, String>,
+        schema: &Schema,
+        partition_columns: &[&str],
+        checkpoint_interval: u64,
+    ) -> Result<AuditTable, ProcessorError> {
         if !uri.contains("://") {
             std::fs::create_dir_all(uri).map_err(|e| {
                 delta_err(uri, "create directory")(DeltaTableError::Generic(e.to_string()))
@@ -263,14 +296,13 @@ impl AuditTable {
                 table,
             });
         }
-        let schema: StructType = arrow_schema()
-            .as_ref()
+        let schema: StructType = schema
             .try_into_kernel()
             .map_err(|e| delta_err(uri, "convert schema")(DeltaTableError::from(e)))?;
         let table = table
             .create()
             .with_columns(schema.fields().cloned())
-            .with_partition_columns([PARTITION_COLUMN])
+            .with_partition_columns(partition_columns.iter().copied())
             .with_configuration_property(
                 TableProperty::CheckpointInterval,
                 Some(checkpoint_interval.max(1).to_string()),
@@ -312,12 +344,28 @@ impl AuditTable {
 
     /// Writes `batches` as Parquet data files under the table; their `add` actions. The files
     /// are not part of the table until a commit adds them (a file no commit adds is removed
-    /// by `VACUUM`).
+    /// by `VACUUM`). Consecutive batches of one Kafka partition (what a partition's
+    /// `RowBuffer` gives) share files, and no file holds two partitions' rows: a file's
+    /// statistics then bound one partition's offsets, so a replay's `replaceWhere` is never
+    /// failed by a live commit racing it (deltalake's conflict check prunes the winner's files
+    /// by their statistics) and readers skip files by partition and offset.
     pub async fn upload(&self, batches: &[RecordBatch]) -> Result<Vec<Action>, ProcessorError> {
         let mut writer = RecordBatchWriter::for_table(&self.table)
             .map_err(delta_err(&self.uri, "prepare writer"))?
             .with_writer_properties(writer_properties());
+        let mut adds = Vec::new();
+        let mut source = None;
         for batch in batches {
+            let this = kafka_partition_of(batch);
+            if source.is_some() && source != this {
+                adds.extend(
+                    writer
+                        .flush()
+                        .await
+                        .map_err(delta_err(&self.uri, "upload"))?,
+                );
+            }
+            source = this;
             // A batch of one `ingest_date` (what `RowBuffer` makes) goes to its partition
             // directly; the generic path would copy every column to split it by date.
             match single_partition(batch) {
@@ -329,10 +377,12 @@ impl AuditTable {
             }
             .map_err(delta_err(&self.uri, "write"))?;
         }
-        let adds = writer
-            .flush()
-            .await
-            .map_err(delta_err(&self.uri, "upload"))?;
+        adds.extend(
+            writer
+                .flush()
+                .await
+                .map_err(delta_err(&self.uri, "upload"))?,
+        );
         Ok(adds.into_iter().map(Action::Add).collect())
     }
 
@@ -357,12 +407,17 @@ impl AuditTable {
                     .map(|(id, v)| Transaction::new(id, *v))
                     .collect(),
             )
-            .with_metadata([(METADATA_KEY.to_owned(), metadata)]);
+            // It adds files and reads none: a blind append (a replay racing it need not
+            // read its files again).
+            .with_metadata([
+                (METADATA_KEY.to_owned(), metadata),
+                ("isBlindAppend".to_owned(), serde_json::Value::Bool(true)),
+            ]);
         let AuditTable { uri, table } = self;
         let snapshot = table.snapshot().map_err(delta_err(uri, "read snapshot"))?;
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
-            partition_by: Some(vec![PARTITION_COLUMN.to_owned()]),
+            partition_by: Some(snapshot.metadata().partition_columns().to_vec()),
             predicate: None,
         };
         let prepared = CommitBuilder::from(props)
@@ -455,6 +510,16 @@ impl AuditTable {
             .filter_map(|f| f.num_records())
             .map(|n| n as u64)
             .sum())
+    }
+
+    /// The deltalake table (for replay's operations, `replay/table.rs`).
+    pub fn delta(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// The deltalake table, for an operation that takes it by value.
+    pub fn into_delta(self) -> DeltaTable {
+        self.table
     }
 
     /// The table URI.

@@ -5,7 +5,8 @@
 //! (waited for, never turned into dead letters or skipped offsets); configuration, broken
 //! invariants and a topic that no longer holds what the table says was read are fatal. Exit
 //! codes: 1 other, 2 configuration, 3 internal error (a bug), 4 Kafka, 5 Delta or its state,
-//! 6 topic recreated or truncated. Must not: carry secrets (storage credentials) or record
+//! 6 topic recreated or truncated, 7
+//! a replay's offsets deleted by Kafka. Must not: carry secrets (storage credentials) or record
 //! contents (statements).
 
 use crate::topic_partition::TopicPartition;
@@ -67,6 +68,18 @@ pub enum ProcessorError {
         what: String,
         /// The object store's error.
         source: Box<deltalake::ObjectStoreError>,
+    },
+    /// A replay asked for offsets Kafka no longer has (deleted by retention).
+    #[error(
+        "{tp}: offsets {first}..={last} are no longer in Kafka (deleted by retention); their rows cannot be derived again (--allow-partial replays the rest and keeps these rows as they are)"
+    )]
+    Unreadable {
+        /// The topic-partition.
+        tp: TopicPartition,
+        /// First offset missing.
+        first: i64,
+        /// Last offset missing.
+        last: i64,
     },
     /// The topic no longer holds the offsets the table says were read: it was recreated or
     /// truncated. Going on would skip or re-read records silently.
@@ -154,6 +167,7 @@ impl ProcessorError {
             ProcessorError::State { .. }
             | ProcessorError::Lake { .. }
             | ProcessorError::TopicReset { .. }
+            | ProcessorError::Unreadable { .. }
             | ProcessorError::Config { .. }
             | ProcessorError::Kafka { .. }
             | ProcessorError::Internal { .. } => ErrorClass::Fatal,
@@ -176,6 +190,7 @@ impl ProcessorError {
             | ProcessorError::StateIo { .. }
             | ProcessorError::Lake { .. } => 5,
             ProcessorError::TopicReset { .. } => 6,
+            ProcessorError::Unreadable { .. } => 7,
             ProcessorError::Parse { .. } | ProcessorError::Injected(_) => 1,
         }
     }

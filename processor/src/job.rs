@@ -30,17 +30,20 @@ pub enum Skip {
     Replayed,
     /// A shipper heartbeat.
     Heartbeat,
+    /// A stderr line attached to the record it continues (its text is that record's).
+    Continuation,
 }
 
 impl Skip {
     /// Every reason, in the order of [`JobTally::skipped`].
-    pub const ALL: [Skip; 6] = [
+    pub const ALL: [Skip; 7] = [
         Skip::NotAudit,
         Skip::Duplicate,
         Skip::FormatFiltered,
         Skip::LateOutcome,
         Skip::Replayed,
         Skip::Heartbeat,
+        Skip::Continuation,
     ];
 
     /// The metric label.
@@ -52,11 +55,15 @@ impl Skip {
             Skip::LateOutcome => "late_outcome",
             Skip::Replayed => "replayed",
             Skip::Heartbeat => "heartbeat",
+            Skip::Continuation => "continuation",
         }
     }
 }
 
-/// A partition's counts since its last commit.
+/// A partition's counts since its last commit. Every record handled ends in exactly one of:
+/// a row, a skip reason, a dead letter, or still held (for its outcome or its stderr lines)
+/// when the tally is cut; so `held_before + consumed = produced + skipped + dead_letters +
+/// held_after` ([`JobTally::reconciled`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobTally {
     /// Messages handled.
@@ -66,7 +73,13 @@ pub struct JobTally {
     /// Records sent to the dead-letter topic.
     pub dead_letters: u64,
     /// Records that became no row, per [`Skip::ALL`] reason.
-    pub skipped: [u64; 6],
+    pub skipped: [u64; 7],
+    /// Records that became a row (one row each).
+    pub produced: u64,
+    /// Records held when the previous tally was cut (handled, not yet decided).
+    pub held_before: u64,
+    /// Records held when this one was cut.
+    pub held_after: u64,
 }
 
 impl JobTally {
@@ -77,11 +90,23 @@ impl JobTally {
         }
     }
 
+    /// Whether every record is accounted for (see [`JobTally`]).
+    pub fn reconciled(&self) -> bool {
+        self.held_before + self.consumed
+            == self.produced
+                + self.skipped.iter().sum::<u64>()
+                + self.dead_letters
+                + self.held_after
+    }
+
     /// Adds `other`'s counts.
     pub fn add(&mut self, other: &JobTally) {
         self.consumed += other.consumed;
         self.bytes += other.bytes;
         self.dead_letters += other.dead_letters;
+        self.produced += other.produced;
+        self.held_before += other.held_before;
+        self.held_after += other.held_after;
         for (a, b) in self.skipped.iter_mut().zip(other.skipped) {
             *a += b;
         }
@@ -108,6 +133,12 @@ fn rand_id() -> u64 {
     )
 }
 
+/// This instance as job facts and state objects name it: host and process id.
+pub fn writer_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", host.trim(), std::process::id())
+}
+
 /// One partition's part of a commit, for [`job_facts`].
 #[derive(Debug, Clone)]
 pub struct PartitionFacts {
@@ -125,10 +156,31 @@ pub struct PartitionFacts {
     pub tally: JobTally,
 }
 
+/// How a job runs (the `mode` of its facts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobMode {
+    /// The live processor: new records as they arrive.
+    Incremental,
+    /// A replay: records already in the table derived again.
+    Historical,
+}
+
+impl JobMode {
+    /// Its name in the facts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobMode::Incremental => "incremental",
+            JobMode::Historical => "historical",
+        }
+    }
+}
+
 /// A commit's attempt, for [`job_facts`].
 #[derive(Debug, Clone)]
 pub struct CommitFacts<'a> {
-    /// Consumer group (the job: `pgtrail-processor/<group>`).
+    /// Live or replay.
+    pub mode: JobMode,
+    /// Consumer group (the job: `pgtrail-processor/<group>`, or `pgtrail-replay/<group>`).
     pub group: &'a str,
     /// This instance (host and process id).
     pub writer: &'a str,
@@ -163,14 +215,21 @@ pub fn job_facts(c: &CommitFacts<'_>, parts: &[PartitionFacts], now: DateTime<Ut
                 "rows_written": p.rows,
                 "skipped": p.tally.skipped_json(),
                 "dead_letters": p.tally.dead_letters,
+                "records_with_rows": p.tally.produced,
+                "held_before": p.tally.held_before,
+                "held_after": p.tally.held_after,
+                "reconciled": p.tally.reconciled(),
             })
         })
         .collect();
     json!({
         "format": "v1",
-        "id": format!("pgtrail-processor/{}", c.group),
+        "id": match c.mode {
+            JobMode::Incremental => format!("pgtrail-processor/{}", c.group),
+            JobMode::Historical => format!("pgtrail-replay/{}", c.group),
+        },
         "run": *RUN_ID,
-        "mode": "incremental",
+        "mode": c.mode.as_str(),
         "processor_version": env!("CARGO_PKG_VERSION"),
         "host": c.writer,
         "table": c.table,
@@ -182,6 +241,10 @@ pub fn job_facts(c: &CommitFacts<'_>, parts: &[PartitionFacts], now: DateTime<Ut
         "skipped": total.skipped_json(),
         "dead_letters": total.dead_letters,
         "late_outcomes": total.skipped[3],
+        "records_with_rows": total.produced,
+        "held_before": total.held_before,
+        "held_after": total.held_after,
+        "reconciled": parts.iter().all(|p| p.tally.reconciled()),
         "rows_before": c.rows_before,
         "rows_after": c.rows_before + rows,
         "started": c.started.to_rfc3339(),
@@ -223,6 +286,7 @@ mod tests {
         let started = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let facts = job_facts(
             &CommitFacts {
+                mode: JobMode::Incremental,
                 group: "g",
                 writer: "db-1:42",
                 table: "/lake/t",

@@ -11,6 +11,7 @@
 
 pub mod alert;
 pub mod config;
+pub mod jobwatch;
 pub mod probe;
 pub mod report;
 pub mod status;
@@ -64,6 +65,13 @@ pub struct ServerLabels {
     pub server: String,
 }
 
+/// Labels of a consumer group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// Consumer group.
+    pub group: String,
+}
+
 /// Labels of a webhook receiver.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReceiverLabels {
@@ -91,6 +99,8 @@ pub struct LagMetrics {
     last_round: FloatGauge,
     webhooks_sent: Family<ReceiverLabels, Counter>,
     webhook_failures: Family<ReceiverLabels, Counter>,
+    job_runs_failed: Family<GroupLabels, Gauge>,
+    job_commits_unreconciled: Family<GroupLabels, Gauge>,
 }
 
 impl LagMetrics {
@@ -163,6 +173,16 @@ impl LagMetrics {
             "webhook_failures",
             "Alert notices not delivered after every retry",
             self.webhook_failures.clone(),
+        );
+        r.register(
+            "job_runs_failed",
+            "Runs of the group that ended failed within [lag] jobs_window (job-audit table)",
+            self.job_runs_failed.clone(),
+        );
+        r.register(
+            "job_commits_unreconciled",
+            "Commits of the group whose job facts do not reconcile within [lag] jobs_window",
+            self.job_commits_unreconciled.clone(),
         );
     }
 
@@ -251,6 +271,7 @@ pub struct Monitor {
     history: BTreeMap<TopicPartition, VecDeque<Result<Reading, String>>>,
     alerter: Alerter,
     senders: Vec<Sender>,
+    jobs: jobwatch::JobWatch,
     /// Metrics of `--serve`.
     pub metrics: LagMetrics,
 }
@@ -267,6 +288,7 @@ impl Monitor {
         }
         Ok(Monitor {
             probe: Probe::new(cfg.clone())?,
+            jobs: jobwatch::JobWatch::new(&cfg, crate::lake::Lake::from_section(&cfg.storage)?),
             alerter: Alerter::new(cfg.lag.alert_on.severity(), cfg.lag.repeat_interval),
             cfg,
             history: BTreeMap::new(),
@@ -299,6 +321,19 @@ impl Monitor {
             },
         };
         self.metrics.set(&report);
+        let jobs = self.jobs.observe().await;
+        let group = GroupLabels {
+            group: self.cfg.group.clone(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .job_runs_failed
+            .get_or_create(&group)
+            .set(gauge(jobs.runs_failed));
+        self.metrics
+            .job_commits_unreconciled
+            .get_or_create(&group)
+            .set(gauge(jobs.commits_unreconciled));
         report
     }
 

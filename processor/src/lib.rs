@@ -6,7 +6,9 @@
 //! statement outcomes), `partition` (one Kafka partition: dedup of re-shipped records, the
 //! exactly-once checkpoint), `delta` (the table), `state` (partitions' stored state) and
 //! `committer` (resume points, fenced commits that land exactly once), `worker` and
-//! `consumer` (Kafka, rebalances, flushing), `status` (what the tables hold). `config`,
+//! `consumer` (Kafka, rebalances, flushing), `status` (what the tables hold), `job` / `joblog` /
+//! `jobs` (job facts in each commit, the job-audit table, listing it), `replay` (rows derived
+//! again from Kafka, replacing a range in one commit), `lag` (the lag monitor). `config`,
 //! `telemetry` and `failpoint` serve the binary and its tests. Must not: depend on the
 //! shipper.
 
@@ -19,12 +21,14 @@ pub mod dlq;
 pub mod error;
 pub mod failpoint;
 pub mod job;
+pub mod joblog;
 pub mod jobs;
 pub mod lag;
 pub mod lake;
 pub mod members;
 pub mod parse;
 pub mod partition;
+pub mod replay;
 pub mod state;
 pub mod status;
 pub mod telemetry;

@@ -1,9 +1,11 @@
 //! `pgtrail-processor`: parse flags and config, set up tracing and metrics, run the consumer
 //! until SIGTERM/SIGINT (or, with `--exit-when-idle`, until the topics are drained), map
-//! errors to exit codes; `status` prints what the tables hold; `lag` monitors consumer lag.
+//! errors to exit codes; `status` prints what the tables hold; `jobs` lists the job-audit
+//! rows; `replay` derives rows again from Kafka; `lag` monitors consumer lag.
 //!
-//! Exit codes: 0 success, 1 other error, 2 configuration, 4 Kafka, 5 Delta; `lag --once`:
-//! 0 OK, 1 warning, 2 critical, 3 could not run.
+//! Exit codes: 0 success, 1 other error, 2 configuration, 3 internal error, 4 Kafka, 5 Delta,
+//! 6 topic recreated or truncated, 7 offsets to replay deleted by Kafka; `lag --once`: 0 OK,
+//! 1 warning, 2 critical, 3 could not run.
 //! Environment: `PGTRAIL_LOG` sets the log filter (default [`processor::DEFAULT_LOG_FILTER`]).
 //! Must not: hold logic.
 
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Status(args) => rt.block_on(status(args)),
         Command::Lag(args) => rt.block_on(lag(args)),
         Command::Jobs(args) => rt.block_on(jobs(args)),
+        Command::Replay(args) => rt.block_on(replay(*args)),
     };
     match result {
         Ok(code) => code,
@@ -118,6 +121,15 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             processor::telemetry::serve(addr, &metrics, health.clone(), cancel.clone()).await?;
         tracing::info!(%bound, "Metrics at /metrics.");
     }
+    let recorder = processor::joblog::Recorder::start(
+        &cfg,
+        processor::job::JobMode::Incremental,
+        metrics.clone(),
+    )
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "The job-audit table cannot be written.");
+        None
+    });
     let handle = tokio::runtime::Handle::current();
     let worker_cancel = cancel.clone();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -125,6 +137,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     cancel.cancel();
+    if let Some(recorder) = recorder {
+        recorder.finish(run_end(&outcome), None).await;
+    }
     Ok(match outcome {
         Ok(t) => {
             tracing::info!(
@@ -145,6 +160,28 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A token cancelled by SIGTERM or SIGINT.
+/// A run's end row from its outcome.
+fn run_end(
+    outcome: &Result<processor::worker::Totals, processor::ProcessorError>,
+) -> processor::joblog::RunEnd {
+    match outcome {
+        Ok(t) => processor::joblog::RunEnd {
+            status: "succeeded",
+            error: None,
+            exit_code: 0,
+            records_consumed: t.messages,
+            rows_written: t.rows,
+            dead_letters: t.dead_letters,
+        },
+        Err(e) => processor::joblog::RunEnd {
+            status: "failed",
+            error: Some(e.to_string()),
+            exit_code: e.exit_code(),
+            ..Default::default()
+        },
+    }
+}
+
 fn cancel_on_signals() -> std::io::Result<CancellationToken> {
     let cancel = CancellationToken::new();
     let signals = cancel.clone();
@@ -222,6 +259,30 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Exit code of `lag --once` when the monitor cannot run (Nagios' UNKNOWN).
+async fn replay(args: processor::replay::ReplayArgs) -> anyhow::Result<ExitCode> {
+    let cfg = match Config::load(&args.run_args()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid configuration.");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    match processor::replay::replay(&cfg, &args).await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, class = ?e.class(), "Replay failed; the table is as it was.");
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}
+
 const LAG_UNKNOWN: u8 = 3;
 
 async fn lag(args: LagArgs) -> anyhow::Result<ExitCode> {
@@ -294,23 +355,49 @@ async fn lag(args: LagArgs) -> anyhow::Result<ExitCode> {
 const READY_ROUND: &str = "round";
 
 async fn jobs(args: JobsArgs) -> anyhow::Result<ExitCode> {
-    let (storage, tables) = match select_tables("jobs", &args.tables).await? {
-        Ok(selected) => selected,
-        Err(code) => return Ok(code),
+    let t = &args.tables;
+    let cfg = match Config::read(t.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "Invalid configuration.");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
     };
+    let storage = processor::lake::Lake::from_section(&cfg.storage)?;
     let since = args
         .since
         .and_then(|d| chrono::Duration::from_std(d).ok())
         .map(|d| chrono::Utc::now() - d);
-    let mut all = Vec::new();
-    for uri in &tables {
-        match processor::jobs::table_jobs(uri, &storage, since).await? {
-            Some(lines) => all.extend(lines),
-            None => eprintln!("jobs: no Delta table at {uri}"),
+    let lake = t.lake.clone().unwrap_or_else(|| cfg.lake.clone());
+    let log = args.jobs_table.clone().or_else(|| cfg.jobs.uri(&lake));
+    let logged = match &log {
+        Some(uri) => processor::jobs::logged_jobs(uri, &storage, since).await?,
+        None => None,
+    };
+    let mut all = match logged {
+        Some(lines) => lines,
+        None => {
+            eprintln!("jobs: no job-audit table; reading the tables' histories (commits only)");
+            let (storage, tables) = match select_tables("jobs", t).await? {
+                Ok(selected) => selected,
+                Err(code) => return Ok(code),
+            };
+            let mut all = Vec::new();
+            for uri in &tables {
+                match processor::jobs::table_jobs(uri, &storage, since).await? {
+                    Some(lines) => all.extend(lines),
+                    None => eprintln!("jobs: no Delta table at {uri}"),
+                }
+            }
+            all
         }
-    }
+    };
+    all.retain(|l| {
+        (t.table.is_empty() || l.table.as_ref().is_none_or(|u| t.table.contains(u)))
+            && (!args.failed || l.failed())
+    });
     all.sort_by_key(|line| std::cmp::Reverse(line.at));
-    if args.tables.json {
+    if t.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         for line in &all {

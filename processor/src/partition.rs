@@ -212,6 +212,11 @@ impl Partition {
         }
     }
 
+    /// Records handled and not yet decided (held for their outcome, open stderr records).
+    pub fn undecided(&self) -> u64 {
+        self.pending.len() as u64
+    }
+
     /// Rows held for their outcome.
     pub fn held(&self) -> usize {
         self.tracker.held()
@@ -269,6 +274,8 @@ impl Partition {
             Err(reason) => {
                 if self.emits(offset) {
                     out.dead.push(dead("decode", reason));
+                } else {
+                    out.skip(Skip::Replayed, metrics);
                 }
                 return;
             }
@@ -313,6 +320,8 @@ impl Partition {
                 };
                 if self.emits(offset) {
                     out.dead.push(dead("parse", reason));
+                } else {
+                    out.skip(Skip::Replayed, metrics);
                 }
                 return;
             }
@@ -368,7 +377,10 @@ impl Partition {
                 self.add_pending(offset);
                 (previous.into_iter().collect::<Vec<_>>(), None)
             }
-            Pushed::Attached => (Vec::new(), None),
+            Pushed::Attached => {
+                out.skip(Skip::Continuation, metrics);
+                (Vec::new(), None)
+            }
             Pushed::Orphan(line) => (Vec::new(), Some(line)),
         };
         if let Some(w) = self.stderr_watermark {
@@ -418,7 +430,7 @@ impl Partition {
             }
             Disposition::Skipped => out.skip(Skip::NotAudit, metrics),
             Disposition::LateOutcome => out.skip(Skip::LateOutcome, metrics),
-            Disposition::Poison(_) => {}
+            Disposition::Poison(_) => out.skip(Skip::Replayed, metrics),
         }
         self.emit(released, metrics, out);
     }

@@ -58,7 +58,7 @@ pub struct Metrics {
     /// Messages consumed from Kafka.
     pub records_consumed: Family<FormatLabel, Counter>,
     /// Records that became no row, by reason (`not_audit`, `duplicate`, `format_filtered`,
-    /// `late_outcome`, `replayed`).
+    /// `late_outcome`, `replayed`, `heartbeat`, `continuation`).
     pub records_skipped: Family<ReasonLabel, Counter>,
     /// Records sent to the dead-letter topic, by reason (`decode`, `parse`, `audit`).
     pub records_dead_lettered: Family<ReasonLabel, Counter>,
@@ -66,6 +66,11 @@ pub struct Metrics {
     pub rows_written: Family<TableLabel, Counter>,
     /// Rows failed by a following error (FAILURE), audited or not.
     pub rows_failed: Family<TableLabel, Counter>,
+    /// Commits whose job facts do not reconcile (records consumed ≠ rows + skipped + dead
+    /// letters + held): a record is unaccounted for (a bug; alert).
+    pub jobs_unreconciled: Family<TableLabel, Counter>,
+    /// Syncs of the job-audit table that failed (retried at the next interval).
+    pub job_log_failures: Counter,
     /// Audit events waiting for their outcome.
     pub rows_held: Gauge,
     /// Rows buffered, not yet committed.
@@ -161,6 +166,8 @@ impl Default for Metrics {
             records_dead_lettered: Family::default(),
             rows_written: Family::default(),
             rows_failed: Family::default(),
+            jobs_unreconciled: Family::default(),
+            job_log_failures: Counter::default(),
             rows_held: Gauge::default(),
             rows_buffered: Gauge::default(),
             commits: Family::default(),
@@ -213,6 +220,16 @@ impl Metrics {
             "records_consumed",
             "Messages consumed",
             self.records_consumed.clone(),
+        );
+        r.register(
+            "jobs_unreconciled",
+            "Commits whose job facts do not reconcile (a record unaccounted for)",
+            self.jobs_unreconciled.clone(),
+        );
+        r.register(
+            "job_log_failures",
+            "Failed syncs of the job-audit table",
+            self.job_log_failures.clone(),
         );
         r.register(
             "records_skipped",

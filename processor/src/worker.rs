@@ -14,7 +14,7 @@ mod commit;
 mod flush;
 mod probe;
 mod rows;
-mod servers;
+pub(crate) mod servers;
 #[cfg(test)]
 mod tests;
 
@@ -145,7 +145,7 @@ impl Assigned {
 
 /// Decodes a message value in place. Only the Confluent framing may need the registry (I/O,
 /// on the runtime); the other needs none.
-fn decode<'p>(
+pub(crate) fn decode<'p>(
     rt: &Handle,
     decoder: &Decoder,
     payload: &'p [u8],
@@ -471,8 +471,6 @@ impl Worker {
                 if a.waiting_since.is_none() {
                     a.waiting_since = timestamp_ms;
                 }
-                a.tally.consumed += 1;
-                a.tally.bytes += payload.len() as u64;
             }
             probe::Verdict::Skip => return Ok(()),
             probe::Verdict::Seek(to) => {
@@ -512,6 +510,9 @@ impl Worker {
                     }
                 },
             };
+        // Counted once decoded or poison (a message waiting for the registry is read again).
+        a.tally.consumed += 1;
+        a.tally.bytes += payload.len() as u64;
         match &decoded {
             Ok(r) if r.source.kind == pgtrail_avro::RecordKind::Heartbeat => {
                 self.last_activity = idle_since;
@@ -565,6 +566,7 @@ impl Worker {
         if out.rows.is_empty() {
             return Ok(());
         }
+        a.tally.produced += out.rows.len() as u64;
         let failures = Partition::failures(&out.rows);
         if failures > 0 {
             metrics

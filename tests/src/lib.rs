@@ -5,7 +5,8 @@
 //! independent record enumeration), [`consume`] (reading topics back), [`process`] (building
 //! and running the binaries), [`registry`] (a Schema Registry that can be taken down),
 //! [`secure`] (TLS and SCRAM brokers), [`objstore`] (S3 and Azure emulators), [`lagmon`]
-//! (webhook receiver, `lag --once`, a mock cluster with retention). Must
+//! (webhook receiver, `lag --once`, a mock cluster with retention), [`replay`] (table
+//! positions, `replay` runs, job-audit rows against the commits). Must
 //! not: reimplement product logic it checks.
 
 pub mod broker;
@@ -16,6 +17,7 @@ pub mod objstore;
 pub mod pglogs;
 pub mod process;
 pub mod registry;
+pub mod replay;
 pub mod secure;
 
 use std::path::PathBuf;

@@ -201,4 +201,11 @@ fn crash_rounds(s3: Option<&Moto>) {
         &table_uri(&reference_lake, "primary"),
         &expected_rows(&cluster.server_dir("primary")),
     );
+    // Every commit of the crashed and the final runs has its job row (those the kills left
+    // without one got it at a later start) and reconciles.
+    if s3.is_none() {
+        let jobs = lake.join("pgtrail_jobs").to_string_lossy().into_owned();
+        let n = pgtrail_tests::replay::assert_job_rows(&table_uri(&lake, "primary"), &jobs);
+        println!("{n} commits, each with its job row, all reconciled");
+    }
 }

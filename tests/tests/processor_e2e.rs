@@ -13,6 +13,7 @@ use pgtrail_tests::broker::Broker;
 use pgtrail_tests::lake::{WORKLOAD_FAILURES, expected_rows, processor_args, read_rows, table_uri};
 use pgtrail_tests::pglogs::PgLogs;
 use pgtrail_tests::process::{binary, process_until_idle, run_shipper_once, shipper_args};
+use pgtrail_tests::replay::{assert_job_rows, commit_facts, job_rows};
 use pgtrail_tests::tempdir;
 
 fn process(args: &[String], config: &std::path::Path, log: &std::path::Path) -> String {
@@ -120,5 +121,86 @@ fn shipped_logs_become_exactly_the_expected_rows() {
         ),
         counts,
         "restart and re-shipping add no row"
+    );
+    // Every commit has its row in the job-audit table, and every one reconciles (the
+    // re-shipped records count as duplicates, the replica's stderr lines as continuations).
+    let jobs = lake.join("pgtrail_jobs").to_string_lossy().into_owned();
+    for server in ["primary", "replica"] {
+        let n = assert_job_rows(&table_uri(&lake, server), &jobs);
+        assert!(n >= 2, "{server}: {n} commits with job rows");
+    }
+    let runs = job_rows(&jobs)
+        .values()
+        .filter(|(kind, f)| kind == "run_end" && f["status"] == "succeeded")
+        .count();
+    assert_eq!(runs, 3, "each of the three runs has its end row");
+}
+
+/// A crash between a data commit and its job row: a processor killed before it copied its
+/// commits' facts (the copy runs only every hour here) leaves commits without rows; the next
+/// start copies them.
+#[test]
+fn commits_without_job_rows_get_them_at_the_next_start() {
+    let broker = Broker::start();
+    broker.create_topic("pgaudit.raw.primary", 2);
+    let work = tempdir("jobs-repair");
+    let sample = pgtrail_tests::workspace_root().join("tests/fixtures/sample/primary");
+    let ship = shipper_args(
+        "primary",
+        &[format!("{}/*.csv", sample.display())],
+        &broker.bootstrap(),
+        &work.path().join("state"),
+        "%m [%p] ",
+    );
+    run_shipper_once(
+        &ship,
+        &work.path().join("shipper.log"),
+        Duration::from_secs(120),
+    );
+    let lake = work.path().join("lake");
+    let table = table_uri(&lake, "primary");
+    let jobs = lake.join("pgtrail_jobs").to_string_lossy().into_owned();
+    let config = work.path().join("processor.toml");
+    std::fs::write(&config, "[jobs]\nsync_interval = \"1h\"\n").unwrap();
+    let mut args = processor_args(
+        &broker.bootstrap(),
+        &lake,
+        "repair",
+        &["pgaudit.raw.primary"],
+    );
+    args.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+    let p = pgtrail_tests::process::Processor::processor(&args, &[], &work.path().join("p1.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while commit_facts(&table).is_empty() || !p.log_text().contains("Job rows written.") {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Until every record is in the table, then one more second for a stray commit.
+    let expected = expected_rows(&sample).audit;
+    while read_rows(&table).iter().filter(|r| !r.unaudited).count() < expected {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    p.kill9();
+    let commits = commit_facts(&table);
+    let rows = job_rows(&jobs);
+    let missing: Vec<&i64> = commits
+        .keys()
+        .filter(|v| !rows.contains_key(&format!("commit/{table}/{v}")))
+        .collect();
+    assert!(
+        !missing.is_empty(),
+        "the killed run left commits without job rows"
+    );
+    assert!(
+        !rows.values().any(|(kind, _)| kind == "run_end"),
+        "a killed run has no end row"
+    );
+    process_until_idle(&args, "6s", &work.path().join("p2.log"));
+    let n = assert_job_rows(&table, &jobs);
+    println!(
+        "{} commits were missing their job rows, all {n} have them now",
+        missing.len()
     );
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer};
 use super::alert::WebhookFormat;
 use super::status::Severity;
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(serde::de::Error::custom)
 }
@@ -69,6 +69,11 @@ pub struct LagSection {
     pub metrics_addr: String,
     /// `[[lag.webhooks]]`: alert receivers. Default none.
     pub webhooks: Vec<WebhookSection>,
+    /// How far back failed runs and unreconciled commits in the job-audit table count
+    /// (`pgtrail_lag_job_runs_failed`, `pgtrail_lag_job_commits_unreconciled`; read every
+    /// 5 minutes). Default `1h`.
+    #[serde(deserialize_with = "duration")]
+    pub jobs_window: Duration,
 }
 
 impl Default for LagSection {
@@ -82,6 +87,7 @@ impl Default for LagSection {
             repeat_interval: Duration::from_secs(4 * 3600),
             metrics_addr: "127.0.0.1:9189".into(),
             webhooks: Vec::new(),
+            jobs_window: Duration::from_secs(3600),
         }
     }
 }

@@ -254,12 +254,24 @@ impl Worker {
                 continue;
             }
             let batches = a.rows.take(&self.builder).map_err(schema_err)?;
+            // What is undecided now is the next tally's starting point.
+            let held = a.partition.undecided();
+            let mut tally = std::mem::take(&mut a.tally);
+            tally.held_after = held;
+            a.tally.held_before = held;
+            if !tally.reconciled() {
+                self.metrics
+                    .jobs_unreconciled
+                    .get_or_create(&crate::telemetry::Metrics::table(topic))
+                    .inc();
+                warn!(partition = %tp, ?tally, "Job facts do not reconcile: a record is unaccounted for.");
+            }
             commits.push(PartitionCommit {
                 tp: tp.clone(),
                 checkpoint,
                 expected: a.token,
                 batches,
-                tally: std::mem::take(&mut a.tally),
+                tally,
             });
         }
         if commits.is_empty() {

@@ -38,7 +38,7 @@ impl Compiled {
 }
 
 /// Parsing settings per server and the settings its records carry, compiled once.
-pub(super) struct ServerCache {
+pub(crate) struct ServerCache {
     cfg: Config,
     compiled: Vec<Compiled>,
     /// The entry of the last lookup (records of one file come in runs).
@@ -49,7 +49,7 @@ pub(super) struct ServerCache {
 
 impl ServerCache {
     /// An empty cache for `cfg`.
-    pub(super) fn new(cfg: Config) -> ServerCache {
+    pub(crate) fn new(cfg: Config) -> ServerCache {
         ServerCache {
             cfg,
             compiled: Vec::new(),

@@ -1,0 +1,521 @@
+//! `pgtrail-processor replay`: derive a table's rows again from the raw records still in
+//! Kafka, with the configuration given now, and replace the rows that came from them.
+//!
+//! Owns [`ReplayArgs`], [`Report`] and [`replay`]; planning in `plan`, reading in `read`, the
+//! table operations in `table`, the comparison in `diff`. The steps: plan each partition's
+//! range (clamped to the table's `txn` version, refused where Kafka deleted offsets unless
+//! `--allow-partial`), derive the range's rows, drop rows whose record was first shipped (and
+//! written) before the range, compare with what the range holds, and, unless `--dry-run`,
+//! send the range's dead letters, then replace the range in one commit (`mode: historical`
+//! job facts). Invariants: one commit per replay (readers see the old rows or the new, never
+//! both or neither; killed before it, the table is untouched and a rerun does it all);
+//! replaying a range twice leaves the same rows (but for `ingest_ts`: when they were written);
+//! the live group's `txn` versions and state are never changed. Must not: run on the
+//! consumer's path, or log record contents.
+
+mod diff;
+mod plan;
+mod read;
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use deltalake::kernel::Transaction;
+use serde::Serialize;
+use serde_json::json;
+use tracing::info;
+
+pub use diff::{Change, Diff};
+pub use plan::{Bounds, PartitionPlan, plan_partition};
+
+use crate::config::{Config, RunArgs, TargetArgs};
+use crate::delta::AuditTable;
+use crate::error::ProcessorError;
+use crate::job::{CommitFacts, JobMode, PartitionFacts, job_facts, writer_id};
+use crate::lake::Lake;
+use crate::state::offset_app_id;
+use crate::topic_partition::TopicPartition;
+
+/// Attempts of a replay's commit that conflicted with another (a table maintenance, another
+/// replay; live appends do not conflict: `AuditTable::upload`).
+const COMMIT_ATTEMPTS: u32 = 10;
+
+/// What a time window applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimeBasis {
+    /// The broker's timestamps of the records.
+    Kafka,
+    /// `event_time` of the rows the table holds now (their offsets, first to last).
+    Event,
+}
+
+/// Flags of `replay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Config file, brokers, group (whose table positions bound the replay), lake.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The topic whose table is replayed.
+    #[arg(long)]
+    pub topic: String,
+    /// Partitions, comma separated. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub partition: Vec<i32>,
+    /// First offset replayed. Default: the first.
+    #[arg(long)]
+    pub from_offset: Option<i64>,
+    /// Last offset replayed. Default (and at most): the table's position.
+    #[arg(long)]
+    pub to_offset: Option<i64>,
+    /// Start of a time window (RFC 3339), instead of offsets.
+    #[arg(long, requires = "to_time", conflicts_with_all = ["from_offset", "to_offset"])]
+    pub from_time: Option<DateTime<Utc>>,
+    /// End of the time window (RFC 3339, exclusive).
+    #[arg(long, requires = "from_time")]
+    pub to_time: Option<DateTime<Utc>>,
+    /// What the window applies to: `kafka` (broker timestamps) or `event` (`event_time` of
+    /// the table's rows: every offset from the first to the last of them is replayed).
+    #[arg(long, value_enum, default_value = "kafka")]
+    pub time: TimeBasis,
+    /// Records read before the range for context (outcomes, stderr continuation lines).
+    #[arg(long, default_value_t = 10_000)]
+    pub context: i64,
+    /// Replay what Kafka still has when some offsets were deleted by retention (their rows
+    /// stay as they are). Default: refuse, naming them (exit 7).
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Print the plan and the difference it would make; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the replayed rows into this table (created if missing) instead of in place.
+    #[arg(long)]
+    pub into: Option<String>,
+    /// Changed rows named in the report.
+    #[arg(long, default_value_t = 10)]
+    pub sample: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ReplayArgs {
+    /// The `run` flags these override.
+    pub fn run_args(&self) -> RunArgs {
+        RunArgs {
+            target: self.target.clone(),
+            ..RunArgs::default()
+        }
+    }
+
+    /// The config file.
+    pub fn config(&self) -> Option<&PathBuf> {
+        self.target.config.as_ref()
+    }
+}
+
+/// What a replay did (or, dry, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The table read.
+    pub table: String,
+    /// The table written (the same unless `--into`).
+    pub target: String,
+    /// Nothing written.
+    pub dry_run: bool,
+    /// The ranges replayed.
+    pub plans: Vec<PartitionPlan>,
+    /// Messages read (context and past the ranges included).
+    pub messages_read: u64,
+    /// Records in the ranges.
+    pub records: u64,
+    /// Rows dropped as first written before the range (records shipped again).
+    pub reshipped: u64,
+    /// Dead letters of the ranges (sent unless dry).
+    pub dead_letters: u64,
+    /// The difference.
+    pub diff: Diff,
+    /// The Delta version written.
+    pub version: Option<u64>,
+}
+
+/// Replays what `args` names with `cfg` (the parse settings to apply now); unless dry, the
+/// run's start and end rows and its commit go to the job-audit table.
+pub async fn replay(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> {
+    let recorder = if args.dry_run {
+        None
+    } else {
+        let metrics = crate::telemetry::Metrics::default();
+        crate::joblog::Recorder::start(cfg, JobMode::Historical, metrics)?
+    };
+    let result = run(cfg, args).await;
+    if let Some(recorder) = recorder {
+        let target = args
+            .into
+            .clone()
+            .unwrap_or_else(|| cfg.table_for_topic(&args.topic));
+        let end = match &result {
+            Ok(r) => crate::joblog::RunEnd {
+                status: "succeeded",
+                records_consumed: r.messages_read,
+                rows_written: r.diff.rows_after,
+                dead_letters: r.dead_letters,
+                ..Default::default()
+            },
+            Err(e) => crate::joblog::RunEnd {
+                status: "failed",
+                error: Some(e.to_string()),
+                exit_code: e.exit_code(),
+                ..Default::default()
+            },
+        };
+        recorder.finish(end, Some(vec![target])).await;
+    }
+    result
+}
+
+async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> {
+    let started = Utc::now();
+    let lake = Lake::from_section(&cfg.storage)?;
+    let uri = cfg.table_for_topic(&args.topic);
+    let source = AuditTable::open_existing_with(&uri, lake.options_for(&uri))
+        .await?
+        .ok_or_else(|| ProcessorError::Config {
+            reason: format!("no Delta table at {uri} (the table of {})", args.topic),
+        })?;
+    let rt = tokio::runtime::Handle::current();
+    let mut reader = tokio::task::block_in_place(|| read::Reader::new(cfg, rt))?;
+    let plans = plans(cfg, args, &source, &reader).await?;
+    let mut report = Report {
+        table: uri.clone(),
+        target: args.into.clone().unwrap_or_else(|| uri.clone()),
+        dry_run: args.dry_run,
+        plans: plans.clone(),
+        messages_read: 0,
+        records: 0,
+        reshipped: 0,
+        dead_letters: 0,
+        diff: Diff::default(),
+        version: None,
+    };
+    for p in &plans {
+        info!(partition = %p.tp, first = p.first, last = p.last, read_from = p.read_from, unreadable = ?p.unreadable, "Replay planned.");
+    }
+    let (batches, parts, dead) = derive(&mut reader, &source, &plans, &mut report).await?;
+    let old = table::rows_in(source.delta(), &plans).await?;
+    let digest = |b: &[deltalake::arrow::array::RecordBatch]| {
+        diff::digests(b).map_err(|e| ProcessorError::Internal {
+            reason: format!("comparing rows: {e}"),
+        })
+    };
+    report.diff = diff::diff(digest(&old)?, digest(&batches)?, args.sample);
+    // In place, a replay that changes nothing writes nothing (`--into` always writes).
+    if args.dry_run || plans.is_empty() || (args.into.is_none() && report.diff.is_empty()) {
+        return Ok(report);
+    }
+    if !dead.is_empty() {
+        send_dead_letters(cfg, &dead)?;
+    }
+    drop(source);
+    let written = commit(cfg, args, &lake, &plans, &parts, batches, &report, started).await?;
+    report.version = written.version();
+    info!(table = %report.target, version = ?report.version, rows_removed = report.diff.rows_before, rows_added = report.diff.rows_after, "Replay committed.");
+    Ok(report)
+}
+
+/// Derives the rows of every plan's range (`report` takes the counts): the batches, each
+/// partition's facts, the dead letters.
+async fn derive(
+    reader: &mut read::Reader,
+    source: &AuditTable,
+    plans: &[PartitionPlan],
+    report: &mut Report,
+) -> Result<
+    (
+        Vec<deltalake::arrow::array::RecordBatch>,
+        Vec<PartitionFacts>,
+        Vec<crate::partition::DeadLetter>,
+    ),
+    ProcessorError,
+> {
+    let mut batches = Vec::new();
+    let mut parts = Vec::new();
+    let mut dead = Vec::new();
+    for p in plans {
+        let total = (p.last - p.read_from + 1).max(1);
+        let mut derived = tokio::task::block_in_place(|| {
+            reader.derive(p, |at| {
+                let done = ((at - p.read_from) * 100 / total).clamp(0, 100);
+                info!(partition = %p.tp, offset = at, percent = done, "Replaying.");
+            })
+        })?;
+        let first_written = table::ids_before(source.delta(), p, &derived.event_ids).await?;
+        let rows = derived.rows.take().map_err(|e| ProcessorError::Internal {
+            reason: format!("replayed rows of {}: {e}", p.tp),
+        })?;
+        let rows = table::without(rows, &first_written)?;
+        let n: usize = rows.iter().map(|b| b.num_rows()).sum();
+        report.messages_read += derived.tally.consumed;
+        report.records += derived.in_range;
+        report.reshipped += first_written.len() as u64;
+        report.dead_letters += derived.dead.len() as u64;
+        parts.push(PartitionFacts {
+            topic: p.tp.topic.to_string(),
+            partition: p.tp.partition,
+            first_offset: p.first,
+            last_offset: p.last,
+            rows: n as u64,
+            tally: derived.tally,
+        });
+        dead.append(&mut derived.dead);
+        batches.extend(rows);
+    }
+    Ok((batches, parts, dead))
+}
+
+/// Replaces the plans' ranges in the target table with `batches` in one commit (retried on
+/// the new version when another commit raced it); the table after it.
+#[allow(clippy::too_many_arguments)]
+async fn commit(
+    cfg: &Config,
+    args: &ReplayArgs,
+    lake: &Lake,
+    plans: &[PartitionPlan],
+    parts: &[PartitionFacts],
+    batches: Vec<deltalake::arrow::array::RecordBatch>,
+    report: &Report,
+    started: DateTime<Utc>,
+) -> Result<deltalake::DeltaTable, ProcessorError> {
+    let uri = &report.table;
+    let open_target = || async {
+        match &args.into {
+            None => AuditTable::open_existing_with(uri, lake.options_for(uri))
+                .await?
+                .ok_or_else(|| ProcessorError::Config {
+                    reason: format!("no Delta table at {uri} any more"),
+                }),
+            Some(into) => {
+                AuditTable::open_or_create_with(
+                    into,
+                    lake.options_for(into),
+                    cfg.checkpoint_interval,
+                )
+                .await
+            }
+        }
+    };
+    let target = open_target().await?;
+    let mut attempt = 0;
+    let commit = CommitFacts {
+        mode: JobMode::Historical,
+        group: &cfg.group,
+        writer: &writer_id(),
+        table: target.uri(),
+        version: target.version().map_or(0, |v| v + 1),
+        rows_before: target.row_count()?,
+        started,
+        attempt: 1,
+    };
+    let mut facts = job_facts(&commit, parts, Utc::now());
+    facts["rows_removed"] = json!(report.diff.rows_before);
+    facts["rows_after"] = json!(
+        (commit.rows_before + report.diff.rows_after).saturating_sub(report.diff.rows_before)
+    );
+    // `group` and `partitions` as live commits name them: a processor started on an `--into`
+    // table finds the topic written by another group and refuses to write it all again.
+    let metadata = json!({
+        "group": format!("replay:{}", cfg.group),
+        "partitions": plans
+            .iter()
+            .map(|p| json!({"topic": &*p.tp.topic, "partition": p.tp.partition}))
+            .collect::<Vec<_>>(),
+        "job": facts,
+        "replay": {
+            "source": uri,
+            "ranges": plans,
+            "rows_removed": report.diff.rows_before,
+            "rows_added": report.diff.rows_after,
+            "reshipped": report.reshipped,
+        },
+    });
+    let txns = replay_txns(args, plans);
+    let uri_written = target.uri().to_owned();
+    let mut target = Some(target);
+    let written = loop {
+        attempt += 1;
+        let t = match target.take() {
+            Some(t) => t,
+            None => open_target().await?,
+        };
+        let r = table::replace(
+            t.into_delta(),
+            plans,
+            batches.clone(),
+            metadata.clone(),
+            txns.clone(),
+        )
+        .await;
+        match r {
+            Err(e) if attempt < COMMIT_ATTEMPTS && e.class() == crate::ErrorClass::Retryable => {
+                tracing::warn!(table = %uri_written, attempt, error = %e, "The replay's commit raced another; trying again on the new version.");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            r => break r?,
+        }
+    };
+    Ok(written)
+}
+
+/// `--into` tables record, per partition, the last offset replayed into them under the
+/// replay's own `txn` identity (never the live group's).
+fn replay_txns(args: &ReplayArgs, plans: &[PartitionPlan]) -> Vec<Transaction> {
+    if args.into.is_none() {
+        return Vec::new();
+    }
+    plans
+        .iter()
+        .map(|p| {
+            Transaction::new(
+                format!("pgtrail-replay-{}-{}", p.tp.topic, p.tp.partition),
+                p.last,
+            )
+        })
+        .collect()
+}
+
+fn send_dead_letters(
+    cfg: &Config,
+    dead: &[crate::partition::DeadLetter],
+) -> Result<(), ProcessorError> {
+    let gate = std::sync::Arc::new(pgtrail_connect::LogGate::default());
+    let mut dlq = crate::dlq::DeadLetters::new(cfg, gate)?;
+    let metrics = crate::telemetry::Metrics::default();
+    for d in dead {
+        dlq.send(d, &metrics)?;
+    }
+    tokio::task::block_in_place(|| dlq.flush(std::time::Duration::from_secs(60)))
+}
+
+/// The plan of every partition `args` names.
+async fn plans(
+    cfg: &Config,
+    args: &ReplayArgs,
+    source: &AuditTable,
+    reader: &read::Reader,
+) -> Result<Vec<PartitionPlan>, ProcessorError> {
+    let topic = &args.topic;
+    let partitions = if args.partition.is_empty() {
+        tokio::task::block_in_place(|| reader.partitions(topic))?
+    } else {
+        args.partition.clone()
+    };
+    let ranges: BTreeMap<i32, (Option<i64>, Option<i64>)> = match (args.from_time, args.to_time) {
+        (Some(from), Some(to)) if args.time == TimeBasis::Kafka => {
+            let starts =
+                tokio::task::block_in_place(|| reader.offsets_at(topic, &partitions, from))?;
+            let ends = tokio::task::block_in_place(|| reader.offsets_at(topic, &partitions, to))?;
+            let ends: BTreeMap<i32, Option<i64>> = ends.into_iter().collect();
+            starts
+                .into_iter()
+                .filter_map(|(p, s)| {
+                    let s = s?;
+                    let e = ends.get(&p).copied().flatten().map(|e| e - 1);
+                    Some((p, (Some(s), e)))
+                })
+                .collect()
+        }
+        (Some(from), Some(to)) => table::offsets_by_event_time(source.delta(), topic, from, to)
+            .await?
+            .into_iter()
+            .filter(|(p, _, _)| partitions.contains(p))
+            .map(|(p, lo, hi)| (p, (Some(lo), Some(hi))))
+            .collect(),
+        _ => partitions
+            .iter()
+            .map(|p| (*p, (args.from_offset, args.to_offset)))
+            .collect(),
+    };
+    let mut plans = Vec::new();
+    for (partition, (from, to)) in ranges {
+        let tp = TopicPartition::new(topic, partition);
+        let (low, _) = tokio::task::block_in_place(|| reader.watermarks(topic, partition))?;
+        let position = source.txn_version(&offset_app_id(&cfg.group, &tp)).await?;
+        let bounds = Bounds { low, position };
+        if let Some(p) = plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)? {
+            plans.push(p);
+        }
+    }
+    Ok(plans)
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = &self.diff;
+        writeln!(
+            f,
+            "replay of {} into {}{}",
+            self.table,
+            self.target,
+            if self.dry_run {
+                " (dry run: nothing written)"
+            } else {
+                ""
+            }
+        )?;
+        for p in &self.plans {
+            write!(
+                f,
+                "  {} offsets {}..={} (read from {})",
+                p.tp, p.first, p.last, p.read_from
+            )?;
+            if let Some((a, b)) = p.unreadable {
+                write!(f, ", {a}..={b} no longer in Kafka: rows kept")?;
+            }
+            writeln!(f)?;
+        }
+        if self.plans.is_empty() {
+            writeln!(
+                f,
+                "  nothing to replay (no offsets of the table in the range)"
+            )?;
+        }
+        writeln!(
+            f,
+            "  records {} (read {}), rows {} -> {}: unchanged {}, shipped again {}, dead letters {}",
+            self.records,
+            self.messages_read,
+            d.rows_before,
+            d.rows_after,
+            d.unchanged,
+            self.reshipped,
+            self.dead_letters
+        )?;
+        for (what, map) in [
+            ("removed", &d.removed),
+            ("added", &d.added),
+            ("changed", &d.changed),
+        ] {
+            for (k, n) in map {
+                writeln!(f, "  {what:<8} {n:>8}  {k}")?;
+            }
+        }
+        for c in &d.sample {
+            writeln!(
+                f,
+                "  e.g. {} @{}: {} -> {} ({})",
+                c.event_id,
+                c.offset,
+                c.before,
+                c.after,
+                c.columns.join(", ")
+            )?;
+        }
+        match self.version {
+            Some(v) => writeln!(f, "  committed version {v}")?,
+            None if !self.dry_run => writeln!(f, "  nothing changes: nothing written")?,
+            None => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,291 @@
+//! Reading a replay's records from Kafka and deriving their rows again, with the settings of
+//! the configuration given now (the point of a replay: a parser fix, another outcome window).
+//!
+//! Owns [`Reader`] and [`Derived`]. Per partition: a fresh [`Partition`] reads from the plan's
+//! `read_from` (context before the range), on past the range until every record of the range
+//! is decided (its outcome known, its stderr lines complete), or to the end of the partition,
+//! where what is still held is released as the live processor releases an idle partition.
+//! Invariants: only rows, dead letters and tallies of records inside the range are kept; a
+//! registry that cannot be reached is waited for (the message is decoded again), never a dead
+//! letter. Must not: write anything (the caller decides), or log record contents.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use pgtrail_avro::{Decoder, RawRecordRef};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+use super::plan::PartitionPlan;
+use crate::config::Config;
+use crate::delta::RowBuffer;
+use crate::error::{ErrorClass, ProcessorError};
+use crate::job::JobTally;
+use crate::partition::{DeadLetter, Incoming, Outputs, Partition};
+use crate::telemetry::Metrics;
+use crate::worker::servers::ServerCache;
+
+/// No message for this long at or past the range's end: the partition's end is reached.
+const END_IDLE: Duration = Duration::from_secs(3);
+
+/// No message for this long before the range's end: the broker is not delivering.
+const STALL: Duration = Duration::from_secs(120);
+
+/// Longest wait for an unreachable Schema Registry between attempts.
+const REGISTRY_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// What a partition's records in the range derive to now.
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Their rows as Arrow batches (`ingest_ts`: when the replay started).
+    pub rows: RowBuffer,
+    /// The rows' `event_id`s.
+    pub event_ids: HashSet<String>,
+    /// Their dead letters.
+    pub dead: Vec<DeadLetter>,
+    /// The counts of every record read (context and past the range included: a replay's
+    /// job facts account for all it read; nothing is held at the end).
+    pub tally: JobTally,
+    /// Records inside the range.
+    pub in_range: u64,
+}
+
+/// Reads partitions for a replay (one at a time).
+pub struct Reader {
+    client: BaseConsumer,
+    decoder: Decoder,
+    rt: Handle,
+    servers: ServerCache,
+    metrics: Metrics,
+    window: Duration,
+    ingest_ts: DateTime<Utc>,
+}
+
+fn kafka(what: &str, e: &KafkaError) -> ProcessorError {
+    ProcessorError::Kafka {
+        what: what.into(),
+        reason: pgtrail_connect::kafka_error(e),
+    }
+}
+
+impl Reader {
+    /// A reader of `cfg`'s Kafka with `cfg`'s parse settings (never joins a group, never
+    /// commits offsets).
+    pub fn new(cfg: &Config, rt: Handle) -> Result<Reader, ProcessorError> {
+        let mut c = crate::consumer::consumer_config(cfg)?;
+        c.set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .set("statistics.interval.ms", "0");
+        let client: BaseConsumer = c.create().map_err(|e| kafka("replay client", &e))?;
+        Ok(Reader {
+            client,
+            decoder: crate::consumer::decoder(cfg)?,
+            rt,
+            servers: ServerCache::new(cfg.clone()),
+            metrics: Metrics::default(),
+            window: Config::ms(cfg.outcome_window_ms),
+            ingest_ts: Utc::now(),
+        })
+    }
+
+    /// The low and high watermarks of `topic`'s partition `partition`.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), ProcessorError> {
+        self.client
+            .fetch_watermarks(topic, partition, Duration::from_secs(30))
+            .map_err(|e| kafka(&format!("watermarks of {topic}/{partition}"), &e))
+    }
+
+    /// The partitions of `topic`.
+    pub fn partitions(&self, topic: &str) -> Result<Vec<i32>, ProcessorError> {
+        let md = self
+            .client
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(|e| kafka(&format!("metadata of {topic}"), &e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect())
+    }
+
+    /// Per partition, the first offset whose broker timestamp is at or after `at` (`None`:
+    /// none is).
+    pub fn offsets_at(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(i32, Option<i64>)>, ProcessorError> {
+        let mut list = TopicPartitionList::new();
+        for p in partitions {
+            list.add_partition_offset(topic, *p, Offset::Offset(at.timestamp_millis()))
+                .map_err(|e| kafka("offsets for times", &e))?;
+        }
+        let found = self
+            .client
+            .offsets_for_times(list, Duration::from_secs(30))
+            .map_err(|e| kafka(&format!("offsets of {topic} at {at}"), &e))?;
+        Ok(found
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), Some(o)),
+                _ => (e.partition(), None),
+            })
+            .collect())
+    }
+
+    /// Reads `plan`'s partition and derives the rows of its range; `progress` is called with
+    /// the offset reached every few thousand messages.
+    pub fn derive(
+        &mut self,
+        plan: &PartitionPlan,
+        mut progress: impl FnMut(i64),
+    ) -> Result<Derived, ProcessorError> {
+        let tp = &plan.tp;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(plan.read_from))
+            .map_err(|e| kafka("replay assignment", &e))?;
+        self.client
+            .assign(&list)
+            .map_err(|e| kafka("replay assignment", &e))?;
+        let committed = (plan.read_from > 0).then(|| plan.read_from - 1);
+        let mut part = Partition::new(tp.clone(), committed, None, self.window);
+        let mut out = Derived::default();
+        let mut quiet_since = Instant::now();
+        let done = |p: &Partition| {
+            p.last_offset().is_some_and(|l| l >= plan.last)
+                && p.safe_offset().is_some_and(|s| s >= plan.last)
+        };
+        while !done(&part) {
+            let at_end = part.last_offset().is_some_and(|l| l >= plan.last);
+            let m = match self.client.poll(Duration::from_millis(200)) {
+                None => {
+                    if at_end && quiet_since.elapsed() >= END_IDLE {
+                        break;
+                    }
+                    if quiet_since.elapsed() >= STALL {
+                        return Err(ProcessorError::Kafka {
+                            what: format!("replay of {tp}"),
+                            reason: format!(
+                                "no record after offset {:?} within {} s (the range ends at {})",
+                                part.last_offset(),
+                                STALL.as_secs(),
+                                plan.last
+                            ),
+                        });
+                    }
+                    continue;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) if at_end => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => {
+                    warn!(partition = %tp, error = %pgtrail_connect::kafka_error(&e), "Kafka error while replaying (retried).");
+                    continue;
+                }
+                Some(Ok(m)) => m,
+            };
+            quiet_since = Instant::now();
+            let offset = m.offset();
+            if part.last_offset().is_some_and(|l| offset <= l) {
+                continue;
+            }
+            if out.tally.consumed.is_multiple_of(5_000) {
+                progress(offset);
+            }
+            let payload = m.payload().unwrap_or_default();
+            let decoded = self.decode(tp, offset, payload)?;
+            let mut outputs = Outputs::default();
+            part.push(
+                Incoming {
+                    offset,
+                    key: m.key(),
+                    payload,
+                    at: Instant::now(),
+                },
+                decoded,
+                &mut self.servers,
+                &self.metrics,
+                &mut outputs,
+            );
+            out.tally.consumed += 1;
+            out.tally.bytes += payload.len() as u64;
+            if plan.first <= offset && offset <= plan.last {
+                out.in_range += 1;
+            }
+            self.keep(plan, outputs, &mut out)?;
+        }
+        let mut rest = Outputs::default();
+        part.finish(&self.metrics, &mut rest);
+        self.keep(plan, rest, &mut out)?;
+        let _ = self.client.unassign();
+        info!(partition = %tp, first = plan.first, last = plan.last, read = out.tally.consumed, rows = out.rows.len(), dead_letters = out.dead.len(), "Replay derived its rows.");
+        Ok(out)
+    }
+
+    /// Decodes a message, waiting out an unreachable registry.
+    fn decode<'p>(
+        &self,
+        tp: &crate::topic_partition::TopicPartition,
+        offset: i64,
+        payload: &'p [u8],
+    ) -> Result<Result<RawRecordRef<'p>, String>, ProcessorError> {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match crate::worker::decode(&self.rt, &self.decoder, payload) {
+                Ok(r) => return Ok(Ok(r)),
+                Err(e) => match e.class() {
+                    ErrorClass::Poison => return Ok(Err(e.to_string())),
+                    ErrorClass::Retryable => {
+                        warn!(partition = %tp, offset, retry_in_ms = wait.as_millis() as u64, error = %e, "The schema registry cannot be reached: waiting, then decoding this message again.");
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(REGISTRY_WAIT_MAX);
+                    }
+                    ErrorClass::Fatal => {
+                        return Err(ProcessorError::Decode {
+                            tp: tp.clone(),
+                            offset,
+                            source: e,
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// Keeps the outputs of records inside the range.
+    fn keep(
+        &self,
+        plan: &PartitionPlan,
+        outputs: Outputs,
+        out: &mut Derived,
+    ) -> Result<(), ProcessorError> {
+        let inside = |o: i64| plan.first <= o && o <= plan.last;
+        out.tally.add(&outputs.skipped);
+        out.tally.produced += outputs.rows.len() as u64;
+        out.tally.dead_letters += outputs.dead.len() as u64;
+        out.dead
+            .extend(outputs.dead.into_iter().filter(|d| inside(d.offset)));
+        for (row, offset) in outputs.rows.into_iter().filter(|(_, o)| inside(*o)) {
+            out.event_ids.insert(row.event_id().to_owned());
+            out.rows
+                .push(
+                    &row,
+                    self.ingest_ts,
+                    &plan.tp.topic,
+                    plan.tp.partition,
+                    offset,
+                )
+                .map_err(|e| ProcessorError::Internal {
+                    reason: format!("replayed row of {}@{offset}: {e}", plan.tp),
+                })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,464 @@
+//! Replay (issue 20): rows derived again from the raw records in Kafka after a parser setting
+//! changed replace exactly the rows of the replayed range, while a live processor appends to
+//! the same table; replaying twice changes nothing; `--dry-run` writes nothing; `--into`
+//! builds a comparable table; a replay killed at any moment leaves the table untouched or
+//! fully replaced; offsets deleted by retention are refused. Expectations come from two
+//! reference runs over the whole topic (the old and the new setting), never from the replay.
+//!
+//! The setting changed is the stderr `log_line_prefix` of the server: the live processor runs
+//! with a wrong one (`%x` and `%v` swapped, as a misconfigured server entry would say), the
+//! replay with none (the one the records carry, the right one).
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgtrail_tests::broker::Broker;
+use pgtrail_tests::lagmon::MockBroker;
+use pgtrail_tests::lake::{Row, processor_args, read_rows, table_uri};
+use pgtrail_tests::pglogs::PgLogs;
+use pgtrail_tests::process::{
+    Processor, Shipper, process_until_idle, run_shipper_once, shipper_args,
+};
+use pgtrail_tests::replay::{assert_job_rows, job_rows, positions, replay, wait_caught_up};
+use pgtrail_tests::{WorkDir, workspace_root};
+
+const TOPIC: &str = "pgaudit.raw.primary";
+const GROUP: &str = "live";
+const WRONG_PREFIX: &str = "%m [%p] %q%c %l %u@%d %r %x %v %e %a: ";
+
+/// The old (wrong prefix) and new (records' prefix) configurations.
+fn configs(work: &Path) -> (PathBuf, PathBuf) {
+    let wrong = work.join("wrong.toml");
+    let right = work.join("right.toml");
+    let jobs = "[jobs]\nsync_interval = \"1s\"\n";
+    std::fs::write(
+        &wrong,
+        format!("[servers.primary]\nlog_line_prefix = {WRONG_PREFIX:?}\n{jobs}"),
+    )
+    .unwrap();
+    std::fs::write(&right, jobs).unwrap();
+    (wrong, right)
+}
+
+fn with_config(mut args: Vec<String>, config: &Path) -> Vec<String> {
+    args.extend(["--config".into(), config.to_string_lossy().into_owned()]);
+    args
+}
+
+fn replay_args(config: &Path, brokers: &str, lake: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--config",
+        &config.to_string_lossy(),
+        "--brokers",
+        brokers,
+        "--lake",
+        &lake.to_string_lossy(),
+        "--group",
+        GROUP,
+        "--topic",
+        TOPIC,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+/// Runs a replay that must succeed; its JSON report.
+fn replay_ok(args: &[String]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.push("--json".into());
+    let (code, out, err) = replay(&a);
+    assert_eq!(code, 0, "replay failed:\n{out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// A reference run over the whole topic with `config` into a lake of its own.
+fn reference(work: &Path, name: &str, brokers: &str, config: &Path) -> Vec<Row> {
+    let lake = work.join(format!("lake-{name}"));
+    let args = with_config(processor_args(brokers, &lake, name, &[TOPIC]), config);
+    process_until_idle(&args, "6s", &work.join(format!("{name}.log")));
+    sorted(read_rows(&table_uri(&lake, "primary")))
+}
+
+fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
+    rows.sort();
+    rows
+}
+
+/// The ranges of a replay report: (partition, first, last).
+fn ranges(report: &serde_json::Value) -> Vec<(i32, i64, i64)> {
+    report["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["tp"]["partition"].as_i64().unwrap() as i32,
+                p["first"].as_i64().unwrap(),
+                p["last"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn inside(ranges: &[(i32, i64, i64)], r: &Row) -> bool {
+    ranges
+        .iter()
+        .any(|(p, a, b)| r.kafka.0 == *p && *a <= r.kafka.1 && r.kafka.1 <= *b)
+}
+
+fn ship(logs: &PgLogs, glob: &str, brokers: &str, work: &Path, name: &str, rate: &str) -> Shipper {
+    let mut args = shipper_args(
+        "primary",
+        &[format!("{}/{glob}", logs.server_dir("primary").display())],
+        brokers,
+        &work.join(format!("state-{name}")),
+        &logs.log_line_prefix(),
+    );
+    let i = args
+        .iter()
+        .position(|a| a == "--max-records-per-sec")
+        .unwrap();
+    args[i + 1] = rate.into();
+    args.push("--once".into());
+    Shipper::spawn(&args, &work.join(format!("{name}.log")))
+}
+
+/// A broker with the topic, real logs whose stderr records are shipped, and the two
+/// configurations.
+struct Setup {
+    _broker: Broker,
+    brokers: String,
+    logs: PgLogs,
+    work: WorkDir,
+    wrong: PathBuf,
+    right: PathBuf,
+    lake: PathBuf,
+    table: String,
+}
+
+impl Setup {
+    fn new(name: &str, partitions: i32) -> Setup {
+        let broker = Broker::start();
+        broker.create_topic(TOPIC, partitions);
+        let brokers = broker.bootstrap();
+        let logs = PgLogs::generate(60);
+        let work = WorkDir::new(name);
+        let (wrong, right) = configs(work.path());
+        let lake = work.path().join("lake");
+        let table = table_uri(&lake, "primary");
+        let shipped = ship(&logs, "*.log", &brokers, work.path(), "stderr", "0");
+        assert!(shipped.wait(Duration::from_secs(120)).success());
+        Setup {
+            _broker: broker,
+            brokers,
+            logs,
+            work,
+            wrong,
+            right,
+            lake,
+            table,
+        }
+    }
+}
+
+#[test]
+fn a_replay_replaces_exactly_its_range_while_the_live_processor_appends() {
+    let Setup {
+        _broker,
+        brokers,
+        logs,
+        work,
+        wrong,
+        right,
+        lake,
+        table,
+    } = Setup::new("replay", 2);
+    let live_args = with_config(processor_args(&brokers, &lake, GROUP, &[TOPIC]), &wrong);
+    let live = Processor::processor(&live_args, &[], &work.path().join("live.log"));
+    let pos = wait_caught_up(&table, GROUP, &brokers, TOPIC, Duration::from_secs(120));
+    // The csvlog records arrive while the replays run: the live processor keeps appending.
+    let csv = ship(&logs, "*.csv", &brokers, work.path(), "csvlog", "150");
+    let (a, b) = ((pos[0] / 4).to_string(), (pos[0] / 2).to_string());
+    let range_args = replay_args(
+        &right,
+        &brokers,
+        &lake,
+        &["--partition", "0", "--from-offset", &a, "--to-offset", &b],
+    );
+    let first = replay_ok(&range_args);
+    let whole = replay_ok(&replay_args(&right, &brokers, &lake, &["--partition", "1"]));
+    println!("range replay: {first:#}\nwhole partition replay: {whole:#}");
+    assert!(first["version"].is_u64() && whole["version"].is_u64());
+    // The wrong prefix made the live processor dead-letter the stderr records: the fixed
+    // one turns them into rows.
+    assert!(
+        !first["diff"]["added"].as_object().unwrap().is_empty(),
+        "{first:#}"
+    );
+    let mut replayed = ranges(&first);
+    replayed.extend(ranges(&whole));
+    assert_eq!(replayed[0], (0, pos[0] / 4, pos[0] / 2));
+    assert_eq!(
+        replayed[1].1, 0,
+        "a whole partition starts at its first offset"
+    );
+    assert!(replayed[1].2 >= pos[1], "up to the table's position then");
+    assert!(csv.wait(Duration::from_secs(300)).success());
+    wait_caught_up(&table, GROUP, &brokers, TOPIC, Duration::from_secs(120));
+    assert!(live.terminate(Duration::from_secs(60)).success());
+    let after = sorted(read_rows(&table));
+
+    let old = reference(work.path(), "ref-old", &brokers, &wrong);
+    let new = reference(work.path(), "ref-new", &brokers, &right);
+    let in_range = |rows: &[Row]| -> Vec<Row> {
+        rows.iter()
+            .filter(|r| inside(&replayed, r))
+            .cloned()
+            .collect()
+    };
+    assert!(
+        in_range(&old) != in_range(&new),
+        "the setting changes rows of the ranges (else this test shows nothing)"
+    );
+    let mut expected: Vec<Row> = old
+        .iter()
+        .filter(|r| !inside(&replayed, r))
+        .cloned()
+        .collect();
+    expected.extend(in_range(&new));
+    let expected = sorted(expected);
+    let (missing, extra): (Vec<&Row>, Vec<&Row>) = (
+        expected.iter().filter(|r| !after.contains(r)).collect(),
+        after.iter().filter(|r| !expected.contains(r)).collect(),
+    );
+    assert!(
+        missing.is_empty() && extra.is_empty() && after.len() == expected.len(),
+        "the table = old rows outside the ranges + new rows inside them; missing {} e.g. {:?}, unexpected {} e.g. {:?}",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first()
+    );
+    let ids: std::collections::HashSet<&str> = after.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids.len(), after.len(), "no duplicate rows");
+
+    // A dry run writes nothing and sees nothing to change; a second replay changes nothing.
+    let version = positions(&table, GROUP, TOPIC, &[0, 1]);
+    let dry = {
+        let mut a = range_args.clone();
+        a.push("--dry-run".into());
+        replay_ok(&a)
+    };
+    assert!(dry["version"].is_null(), "{dry:#}");
+    assert_eq!(
+        dry["diff"]["unchanged"], dry["diff"]["rows_before"],
+        "{dry:#}"
+    );
+    assert!(
+        sorted(read_rows(&table)) == after,
+        "a dry run writes nothing"
+    );
+    let again = replay_ok(&range_args);
+    assert_eq!(
+        again["diff"]["unchanged"], again["diff"]["rows_after"],
+        "{again:#}"
+    );
+    assert!(
+        sorted(read_rows(&table)) == after,
+        "replaying twice = the same rows"
+    );
+    assert_eq!(
+        positions(&table, GROUP, TOPIC, &[0, 1]),
+        version,
+        "live positions untouched"
+    );
+
+    // `--into`: the range's new rows in a table of their own.
+    let into = work.path().join("compare").to_string_lossy().into_owned();
+    let mut into_args = range_args.clone();
+    into_args.extend(["--into".into(), into.clone()]);
+    replay_ok(&into_args);
+    let range0 = [replayed[0]];
+    let new0: Vec<Row> = new.iter().filter(|r| inside(&range0, r)).cloned().collect();
+    assert!(
+        sorted(read_rows(&into)) == sorted(new0),
+        "--into holds the range's new rows"
+    );
+
+    // A processor started on the `--into` table refuses to write the topic again from its
+    // start (another group, `replay:live`, wrote it).
+    let into_cfg = work.path().join("into.toml");
+    std::fs::write(&into_cfg, format!("[tables]\n{TOPIC:?} = {into:?}\n")).unwrap();
+    let onto = with_config(processor_args(&brokers, &lake, GROUP, &[TOPIC]), &into_cfg);
+    let refused = Processor::processor(&onto, &[], &work.path().join("onto-into.log"));
+    let status = refused.wait(Duration::from_secs(120));
+    let text = std::fs::read_to_string(work.path().join("onto-into.log")).unwrap();
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(text.contains("replay:live"), "{text}");
+
+    // Every commit has its job row and reconciles; replays are historical runs.
+    let jobs = lake.join("pgtrail_jobs").to_string_lossy().into_owned();
+    let commits = assert_job_rows(&table, &jobs);
+    assert_job_rows(&into, &jobs);
+    let rows = job_rows(&jobs);
+    let historical = rows
+        .values()
+        .filter(|(kind, f)| kind == "commit" && f["mode"] == "historical")
+        .count();
+    assert_eq!(
+        historical, 3,
+        "two replays and --into committed (the repeat had nothing to change)"
+    );
+    let runs_ended = rows
+        .values()
+        .filter(|(kind, f)| kind == "run_end" && f["status"] == "succeeded")
+        .count();
+    assert!(
+        runs_ended >= 5,
+        "the live run and every replay ended: {runs_ended}"
+    );
+    println!("{commits} commits, each with its job row");
+}
+
+#[test]
+fn a_replay_killed_at_any_moment_leaves_the_table_old_or_new() {
+    let Setup {
+        _broker,
+        brokers,
+        logs: _,
+        work,
+        wrong,
+        right,
+        lake,
+        table,
+    } = Setup::new("replay-kill", 1);
+    let args = with_config(processor_args(&brokers, &lake, GROUP, &[TOPIC]), &wrong);
+    process_until_idle(&args, "6s", &work.path().join("live.log"));
+    let old = sorted(read_rows(&table));
+    let new = reference(work.path(), "ref-new", &brokers, &right);
+    assert!(old != new, "the setting changes rows");
+    let whole = replay_args(&right, &brokers, &lake, &[]);
+    let mut seen = (0, 0);
+    for delay_ms in [150, 300, 450, 600, 750, 900, 1200] {
+        let mut child =
+            std::process::Command::new(pgtrail_tests::process::binary("pgtrail-processor"))
+                .arg("replay")
+                .args(&whole)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let rows = sorted(read_rows(&table));
+        if rows == old {
+            seen.0 += 1;
+        } else {
+            assert!(
+                rows == new,
+                "killed after {delay_ms} ms: the table is old or new, nothing between"
+            );
+            seen.1 += 1;
+        }
+    }
+    println!(
+        "kills that left the old rows: {}, the new: {}",
+        seen.0, seen.1
+    );
+    let done = replay_ok(&whole);
+    assert!(
+        sorted(read_rows(&table)) == new,
+        "a rerun completes it: {done:#}"
+    );
+}
+
+#[test]
+fn offsets_deleted_by_retention_are_refused_unless_allow_partial() {
+    // The mock cluster keeps at most 5 MB per partition.
+    let broker = MockBroker::start(&[&format!("{TOPIC}:1"), "pgaudit.deadletter:1"]);
+    let brokers = broker.bootstrap().to_owned();
+    let work = WorkDir::new("replay-retention");
+    let (_, right) = configs(work.path());
+    let lake = work.path().join("lake");
+    let table = table_uri(&lake, "primary");
+    let sample = workspace_root().join("tests/fixtures/sample/primary");
+    let csv: Vec<String> = std::fs::read_dir(&sample)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .filter(|p| p.ends_with(".csv"))
+        .collect();
+    let ship = shipper_args(
+        "primary",
+        &csv,
+        &brokers,
+        &work.path().join("state"),
+        "%m [%p] ",
+    );
+    run_shipper_once(
+        &ship,
+        &work.path().join("shipper.log"),
+        Duration::from_secs(120),
+    );
+    let args = with_config(processor_args(&brokers, &lake, GROUP, &[TOPIC]), &right);
+    process_until_idle(&args, "5s", &work.path().join("p1.log"));
+    // More than 5 MB of copies (re-shipped records: no rows): the first records are deleted.
+    let out =
+        std::process::Command::new(pgtrail_tests::process::binary("pgtrail-baseline-producer"))
+            .args(["--copies", "300", &brokers, TOPIC])
+            .args(&csv)
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    process_until_idle(&args, "5s", &work.path().join("p2.log"));
+    let rows = sorted(read_rows(&table));
+    let low = pgtrail_tests::replay::lows(&brokers, TOPIC, &[0])[0];
+    assert!(low > 0, "retention deleted the first offsets");
+    let whole = replay_args(&right, &brokers, &lake, &[]);
+    let (code, out, err) = replay(&whole);
+    assert_eq!(code, 7, "refused:\n{out}\n{err}");
+    assert!(
+        err.contains(&format!("offsets 0..={} are no longer in Kafka", low - 1)),
+        "names the offsets: {err}"
+    );
+    assert!(sorted(read_rows(&table)) == rows, "nothing written");
+    let mut partial = whole.clone();
+    partial.push("--allow-partial".into());
+    let report = replay_ok(&partial);
+    assert_eq!(report["plans"][0]["first"], low, "{report:#}");
+    assert_eq!(
+        report["plans"][0]["unreadable"],
+        serde_json::json!([0, low - 1])
+    );
+    // Rows of the deleted offsets as they were; the rest as a run over what Kafka still has
+    // (the records right after the deleted ones are derived without what came before them).
+    let after = sorted(read_rows(&table));
+    let below =
+        |rows: &[Row]| -> Vec<Row> { rows.iter().filter(|r| r.kafka.1 < low).cloned().collect() };
+    assert!(
+        !below(&rows).is_empty(),
+        "rows below the low watermark before"
+    );
+    assert!(
+        below(&after) == below(&rows),
+        "rows of deleted offsets kept as they were"
+    );
+    let now = reference(work.path(), "ref-now", &brokers, &right);
+    let above: Vec<Row> = after.iter().filter(|r| r.kafka.1 >= low).cloned().collect();
+    assert_eq!(
+        above.len(),
+        now.len(),
+        "the rest = a run over what Kafka has"
+    );
+    assert!(above == now, "the rest = a run over what Kafka has");
+}
