@@ -269,11 +269,6 @@ impl JobLog {
         }
     }
 
-    /// The table URI.
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
     /// Queues a run row for the next [`JobLog::sync`].
     pub fn queue(&mut self, row: JobRow) {
         self.queued.push(row);

@@ -19,7 +19,6 @@ mod read;
 mod table;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use deltalake::kernel::Transaction;
@@ -107,11 +106,6 @@ impl ReplayArgs {
             target: self.target.clone(),
             ..RunArgs::default()
         }
-    }
-
-    /// The config file.
-    pub fn config(&self) -> Option<&PathBuf> {
-        self.target.config.as_ref()
     }
 }
 

@@ -33,6 +33,15 @@ pub struct Row {
     pub kafka: (i32, i64),
 }
 
+/// A runtime for reading tables from a test's thread.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Every row of the table at `uri` (panics when there is none).
 pub fn read_rows(uri: &str) -> Vec<Row> {
     read_rows_with(uri, HashMap::new())
@@ -40,11 +49,7 @@ pub fn read_rows(uri: &str) -> Vec<Row> {
 
 /// Every row of the table at `uri` opened with deltalake storage `options` (object stores).
 pub fn read_rows_with(uri: &str, options: HashMap<String, String>) -> Vec<Row> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let table: AuditTable = rt
         .block_on(AuditTable::open_existing_with(uri, options))
         .expect("open table")

@@ -13,15 +13,8 @@ use processor::delta::AuditTable;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::lake::runtime;
 use crate::process::binary;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// The table's `txn` version of each of `partitions` of `topic` for `group`.
 pub fn positions(uri: &str, group: &str, topic: &str, partitions: &[i32]) -> Vec<Option<i64>> {
