@@ -44,6 +44,7 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Derive rows again from the raw records still in Kafka (after a parser fix or a
     /// settings change) and replace the rows that came from them, in one commit per table.
+    #[cfg(feature = "replay")]
     Replay(Box<crate::replay::ReplayArgs>),
     /// Consumer lag from the tables' positions and the broker (works with no processor
     /// running): `--once` prints and exits 0/1/2 (OK/warning/critical, 3: could not run),

@@ -8,7 +8,8 @@
 //! `committer` (resume points, fenced commits that land exactly once), `worker` and
 //! `consumer` (Kafka, rebalances, flushing), `status` (what the tables hold), `job` / `joblog` /
 //! `jobs` (job facts in each commit, the job-audit table, listing it), `replay` (rows derived
-//! again from Kafka, replacing a range in one commit), `lag` (the lag monitor). `config`,
+//! again from Kafka, replacing a range in one commit; feature `replay`, on by default, the only
+//! user of deltalake's `datafusion`), `lag` (the lag monitor). `config`,
 //! `telemetry` and `failpoint` serve the binary and its tests. Must not: depend on the
 //! shipper.
 
@@ -28,6 +29,7 @@ pub mod lake;
 pub mod members;
 pub mod parse;
 pub mod partition;
+#[cfg(feature = "replay")]
 pub mod replay;
 pub mod state;
 pub mod status;

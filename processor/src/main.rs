@@ -258,7 +258,6 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit code of `lag --once` when the monitor cannot run (Nagios' UNKNOWN).
 async fn replay(args: processor::replay::ReplayArgs) -> anyhow::Result<ExitCode> {
     let cfg = match Config::load(&args.run_args()) {
         Ok(c) => c,
@@ -283,6 +282,7 @@ async fn replay(args: processor::replay::ReplayArgs) -> anyhow::Result<ExitCode>
     }
 }
 
+/// Exit code of `lag --once` when the monitor cannot run (Nagios' UNKNOWN).
 const LAG_UNKNOWN: u8 = 3;
 
 async fn lag(args: LagArgs) -> anyhow::Result<ExitCode> {
