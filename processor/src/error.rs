@@ -69,9 +69,9 @@ pub enum ProcessorError {
         /// The object store's error.
         source: Box<deltalake::ObjectStoreError>,
     },
-    /// A replay asked for offsets Kafka no longer has (deleted by retention).
+    /// A replay asked for offsets Kafka no longer has (deleted by retention or compaction).
     #[error(
-        "{tp}: offsets {first}..={last} are no longer in Kafka (deleted by retention); their rows cannot be derived again (--allow-partial replays the rest and keeps these rows as they are)"
+        "{tp}: offsets {first}..={last} are no longer in Kafka (deleted by retention or compaction); their rows cannot be derived again (--allow-partial replays the rest and keeps these rows as they are)"
     )]
     Unreadable {
         /// The topic-partition.

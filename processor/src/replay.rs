@@ -13,6 +13,7 @@
 //! the live group's `txn` versions and state are never changed. Must not: run on the
 //! consumer's path, or log record contents.
 
+mod coverage;
 mod diff;
 mod plan;
 mod read;
@@ -40,6 +41,9 @@ use crate::topic_partition::TopicPartition;
 /// Attempts of a replay's commit that conflicted with another (a table maintenance, another
 /// replay; live appends do not conflict: `AuditTable::upload`).
 const COMMIT_ATTEMPTS: u32 = 10;
+
+/// Broker time read before a range beyond the outcome window: shipping delay allowed for.
+const CONTEXT_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a time window applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,6 +85,10 @@ pub struct ReplayArgs {
     /// Records read before the range for context (outcomes, stderr continuation lines).
     #[arg(long, default_value_t = 10_000)]
     pub context: i64,
+    /// Broker time read before the range for context as well (whichever reaches further).
+    /// Default: the outcome window and 60 s of shipping delay; `0s`: records only.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub context_time: Option<std::time::Duration>,
     /// Replay what Kafka still has when some offsets were deleted by retention (their rows
     /// stay as they are). Default: refuse, naming them (exit 7).
     #[arg(long)]
@@ -126,8 +134,11 @@ pub struct Report {
     pub records: u64,
     /// Rows dropped as first written before the range (records shipped again).
     pub reshipped: u64,
-    /// Dead letters of the ranges (sent unless dry).
+    /// Dead letters of the ranges.
     pub dead_letters: u64,
+    /// Those sent to the dead-letter topic: records whose rows the replay removed (the others
+    /// were dead letters already; none for `--into` or a dry run).
+    pub dead_letters_sent: u64,
     /// The difference.
     pub diff: Diff,
     /// The Delta version written.
@@ -190,6 +201,7 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
         records: 0,
         reshipped: 0,
         dead_letters: 0,
+        dead_letters_sent: 0,
         diff: Diff::default(),
         version: None,
     };
@@ -208,6 +220,17 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
     if args.dry_run || plans.is_empty() || (args.into.is_none() && report.diff.is_empty()) {
         return Ok(report);
     }
+    // Dead letters only for records that had rows the replay removes: a record without rows
+    // was dead-lettered (or skipped) when first processed, and `--into` tables start empty,
+    // so the topic gets no second copy of what it has.
+    let had_rows = table::row_offsets(&old).map_err(|e| ProcessorError::Internal {
+        reason: format!("reading the range's rows: {e}"),
+    })?;
+    let dead: Vec<_> = dead
+        .into_iter()
+        .filter(|d| args.into.is_none() && had_rows.contains(&(d.tp.partition, d.offset)))
+        .collect();
+    report.dead_letters_sent = dead.len() as u64;
     if !dead.is_empty() {
         send_dead_letters(cfg, &dead)?;
     }
@@ -391,6 +414,34 @@ fn send_dead_letters(
     tokio::task::block_in_place(|| dlq.flush(std::time::Duration::from_secs(60)))
 }
 
+/// The first offset whose broker time is within `context_time` (default: the outcome window and
+/// a margin for shipping delay) before the broker time of the range's first record: an error in the range can
+/// decide a statement logged up to a window before it, which must be read for the replay to
+/// decide as the live run did. Broker times are at or after log times, so the records left
+/// out were logged before the window. `plan.first` when the times are not known.
+async fn context_by_time(
+    reader: &read::Reader,
+    plan: &PartitionPlan,
+    low: i64,
+    context_time: Option<std::time::Duration>,
+) -> Result<i64, ProcessorError> {
+    let tp = &plan.tp;
+    let back = context_time.unwrap_or(reader.window() + CONTEXT_MARGIN);
+    if back.is_zero() {
+        return Ok(plan.first);
+    }
+    let Some(at) = tokio::task::block_in_place(|| reader.timestamp_at(tp, plan.first, low))? else {
+        return Ok(plan.first);
+    };
+    let back = chrono::Duration::from_std(back).unwrap_or(chrono::Duration::MAX);
+    let since = at
+        .checked_sub_signed(back)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let found =
+        tokio::task::block_in_place(|| reader.offsets_at(&tp.topic, &[tp.partition], since))?;
+    Ok(found.first().and_then(|(_, o)| *o).unwrap_or(plan.first))
+}
+
 /// The plan of every partition `args` names.
 async fn plans(
     cfg: &Config,
@@ -430,13 +481,32 @@ async fn plans(
             .map(|p| (*p, (args.from_offset, args.to_offset)))
             .collect(),
     };
+    let by_kafka_time = args.from_time.is_some() && args.time == TimeBasis::Kafka;
     let mut plans = Vec::new();
-    for (partition, (from, to)) in ranges {
+    for (partition, (mut from, to)) in ranges {
         let tp = TopicPartition::new(topic, partition);
-        let (low, _) = tokio::task::block_in_place(|| reader.watermarks(topic, partition))?;
+        let (low, high) = tokio::task::block_in_place(|| reader.watermarks(topic, partition))?;
         let position = source.txn_version(&offset_app_id(&cfg.group, &tp)).await?;
+        // The table read offsets the topic does not have: another topic of this name.
+        if let Some(p) = position.filter(|p| *p >= high) {
+            let end = tokio::task::block_in_place(|| reader.end_offset(&tp, low, high))?;
+            if p >= end {
+                return Err(ProcessorError::TopicReset {
+                    tp,
+                    position: p + 1,
+                    got: end,
+                });
+            }
+        }
+        if by_kafka_time {
+            from = plan::window_start(from, low);
+        }
         let bounds = Bounds { low, position };
-        if let Some(p) = plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)? {
+        if let Some(mut p) =
+            plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)?
+        {
+            let by_time = context_by_time(reader, &p, low, args.context_time).await?;
+            p.read_from = p.read_from.min(by_time.max(low));
             plans.push(p);
         }
     }
@@ -476,14 +546,15 @@ impl std::fmt::Display for Report {
         }
         writeln!(
             f,
-            "  records {} (read {}), rows {} -> {}: unchanged {}, shipped again {}, dead letters {}",
+            "  records {} (read {}), rows {} -> {}: unchanged {}, shipped again {}, dead letters {} ({} sent)",
             self.records,
             self.messages_read,
             d.rows_before,
             d.rows_after,
             d.unchanged,
             self.reshipped,
-            self.dead_letters
+            self.dead_letters,
+            self.dead_letters_sent
         )?;
         for (what, map) in [
             ("removed", &d.removed),

@@ -2,7 +2,7 @@
 //! catch up, running `pgtrail-processor replay`, and checking the job-audit table against the
 //! tables' own commits.
 //!
-//! Owns [`positions`], [`wait_caught_up`], [`replay`] and [`assert_job_rows`]. Must not:
+//! Owns [`positions`], [`event_times`], [`wait_caught_up`], [`replay`] and [`assert_job_rows`]. Must not:
 //! decide expectations with product code (the product is only used to read tables).
 
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +35,36 @@ pub fn positions(uri: &str, group: &str, topic: &str, partitions: &[i32]) -> Vec
         .collect()
 }
 
+/// Every row of the table at `uri` as (Kafka partition, offset, `event_time` in microseconds;
+/// rows without one are left out).
+pub fn event_times(uri: &str) -> Vec<(i32, i64, i64)> {
+    use processor::delta::arrow::array::{Array, AsArray};
+    use processor::delta::arrow::datatypes::{Int32Type, Int64Type, TimestampMicrosecondType};
+    let rt = runtime();
+    let table = rt
+        .block_on(AuditTable::open_existing(uri))
+        .expect("open table")
+        .unwrap_or_else(|| panic!("no table at {uri}"));
+    let batches = rt
+        .block_on(processor::status::read_table(&table))
+        .expect("read table");
+    let mut out = Vec::new();
+    for b in &batches {
+        let column = |n: &str| b.column_by_name(n).unwrap_or_else(|| panic!("column {n}"));
+        let (ps, os, ts) = (
+            column("kafka_partition").as_primitive::<Int32Type>(),
+            column("kafka_offset").as_primitive::<Int64Type>(),
+            column("event_time").as_primitive::<TimestampMicrosecondType>(),
+        );
+        out.extend(
+            (0..b.num_rows())
+                .filter(|i| !ts.is_null(*i))
+                .map(|i| (ps.value(i), os.value(i), ts.value(i))),
+        );
+    }
+    out
+}
+
 /// The low watermarks of `partitions` of `topic`.
 pub fn lows(brokers: &str, topic: &str, partitions: &[i32]) -> Vec<i64> {
     watermarks(brokers, topic, partitions)
@@ -43,11 +73,48 @@ pub fn lows(brokers: &str, topic: &str, partitions: &[i32]) -> Vec<i64> {
         .collect()
 }
 
-/// The high watermarks of `partitions` of `topic`.
+/// The high watermarks of `partitions` of `topic` as Tansu reports them (0.6: the last
+/// record batch's first offset + 1).
 pub fn highs(brokers: &str, topic: &str, partitions: &[i32]) -> Vec<i64> {
     watermarks(brokers, topic, partitions)
         .into_iter()
         .map(|w| w.1)
+        .collect()
+}
+
+/// One past the last offset of each of `partitions` of `topic`, read: the last record batch
+/// (from the reported high watermark - 1) is read to its end.
+pub fn ends(brokers: &str, topic: &str, partitions: &[i32]) -> Vec<i64> {
+    use rdkafka::Message;
+    let reported = highs(brokers, topic, partitions);
+    partitions
+        .iter()
+        .zip(reported)
+        .map(|(p, high)| {
+            if high == 0 {
+                return 0;
+            }
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", "pgtrail-tests-ends")
+                .set("enable.partition.eof", "true")
+                .create()
+                .expect("client");
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(high - 1))
+                .expect("offset");
+            c.assign(&tpl).expect("assign");
+            let mut last = high - 1;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                match c.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => last = last.max(m.offset()),
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break,
+                    _ => {}
+                }
+            }
+            last + 1
+        })
         .collect()
 }
 
@@ -65,8 +132,8 @@ fn watermarks(brokers: &str, topic: &str, partitions: &[i32]) -> Vec<(i64, i64)>
         .collect()
 }
 
-/// Waits until the table holds every record of `topic` up to the high watermark (as Tansu
-/// reports it) for `group`; the positions then.
+/// Waits until the table holds every record of `topic` (to its end when called: the topic must
+/// not grow meanwhile) for `group`; the positions then.
 pub fn wait_caught_up(
     uri: &str,
     group: &str,
@@ -76,9 +143,12 @@ pub fn wait_caught_up(
 ) -> Vec<i64> {
     let parts = crate::consume::partitions(brokers, topic);
     let deadline = Instant::now() + timeout;
+    // The true ends, read once (the topic does not grow meanwhile): Tansu's reported high
+    // watermark (the last batch's first offset + 1) let this return before the table had
+    // read the last batch.
+    let high = ends(brokers, topic, &parts);
     loop {
         let pos = positions(uri, group, topic, &parts);
-        let high = highs(brokers, topic, &parts);
         if pos
             .iter()
             .zip(&high)

@@ -4,7 +4,7 @@
 //! checkpoint's anchor), the processor must stop with exit code 6 and say why, never skip or
 //! re-read records silently. The topic lives in the processor's embedded Kafka (librdkafka's
 //! mock cluster, with Kafka's out-of-range behaviour); a second embedded Kafka is the
-//! recreated topic.
+//! recreated topic. A replay of the table against a truncated topic is refused the same way.
 
 #![allow(clippy::unwrap_used)]
 
@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use pgtrail_tests::lagmon::MockBroker;
 use pgtrail_tests::process::{Processor, run_shipper_once, shipper_args};
+use pgtrail_tests::replay::replay;
 use pgtrail_tests::{WorkDir, workspace_root};
 
 /// Runs the processor with an embedded Kafka on `lake`, ships the csvlog files of `logs` into
@@ -89,4 +91,34 @@ fn a_recreated_topic_stops_the_processor() {
             "{case}: the reason:\n{log}"
         );
     }
+    // A replay of the table refuses the truncated topic too, before reading anything (issue 20).
+    let broker = MockBroker::start(&["pgaudit.raw.primary:1", "pgaudit.deadletter:1"]);
+    let ship = shipper_args(
+        "primary",
+        &[format!("{}/*.csv", short.display())],
+        broker.bootstrap(),
+        &work.path().join("replay.state"),
+        "%m [%p] ",
+    );
+    run_shipper_once(
+        &ship,
+        &work.path().join("replay.shipper.log"),
+        Duration::from_secs(60),
+    );
+    let lake = work.path().join("lake-truncated");
+    let (code, out, err) = replay(&[
+        "--brokers".into(),
+        broker.bootstrap().into(),
+        "--lake".into(),
+        lake.to_string_lossy().into_owned(),
+        "--group".into(),
+        "reset".into(),
+        "--topic".into(),
+        "pgaudit.raw.primary".into(),
+    ]);
+    assert_eq!(code, 6, "replay: exit code 6:\n{out}\n{err}");
+    assert!(
+        err.contains("recreated or truncated"),
+        "replay: the reason:\n{err}"
+    );
 }

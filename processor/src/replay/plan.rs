@@ -30,9 +30,9 @@ pub struct PartitionPlan {
     pub first: i64,
     /// Last offset whose rows are replaced (at most the table's position).
     pub last: i64,
-    /// First offset read: up to `context` records before `first` (outcomes and stderr
-    /// continuation lines of records in the range may depend on them); no row comes from
-    /// them.
+    /// First offset read: `context` records before `first`, or from the outcome window
+    /// before it in broker time if that reaches further (outcomes and stderr continuation
+    /// lines of records in the range depend on them); no row comes from them.
     pub read_from: i64,
     /// Offsets asked for that Kafka no longer has (kept as they are, `--allow-partial`).
     pub unreadable: Option<(i64, i64)>,
@@ -83,6 +83,15 @@ pub fn plan_partition(
     Ok(Some(plan))
 }
 
+/// The first offset of a Kafka-time window, given the offset Kafka found for its start and the
+/// partition's low watermark. Kafka answers a time before its first kept record with that
+/// record: when that is the low watermark and offsets before it were deleted, the window may
+/// begin in them, so it starts at the partition's beginning (`None`), which planning refuses
+/// unless `allow_partial`.
+pub fn window_start(found: Option<i64>, low: i64) -> Option<i64> {
+    found.filter(|f| !(low > 0 && *f == low))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +124,19 @@ mod tests {
         );
         // Never written by the group.
         assert!(plan(None, None, 0, None, false).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_time_window_from_the_first_kept_record_may_begin_in_deleted_offsets() {
+        assert_eq!(
+            window_start(Some(120), 120),
+            None,
+            "refused, or named with --allow-partial"
+        );
+        assert_eq!(window_start(Some(121), 120), Some(121));
+        assert_eq!(window_start(Some(0), 0), Some(0), "nothing deleted");
+        let err = plan(window_start(Some(20), 20), Some(50), 20, Some(60), false).unwrap_err();
+        assert_eq!(err.exit_code(), 7);
     }
 
     #[test]

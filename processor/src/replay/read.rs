@@ -5,9 +5,11 @@
 //! `read_from` (context before the range), on past the range until every record of the range
 //! is decided (its outcome known, its stderr lines complete), or to the end of the partition,
 //! where what is still held is released as the live processor releases an idle partition.
-//! Invariants: only rows, dead letters and tallies of records inside the range are kept; a
-//! registry that cannot be reached is waited for (the message is decoded again), never a dead
-//! letter. Must not: write anything (the caller decides), or log record contents.
+//! Invariants: every offset of the range is read, or the replay fails naming it (`coverage`: a
+//! seek answered from a later batch rewinds); only rows, dead letters and tallies of records
+//! inside the range are kept; a registry that cannot be reached is waited for (the message is
+//! decoded again), never a dead letter. Must not: write anything (the caller decides), or log
+//! record contents.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
+use super::coverage::{Coverage, Step};
 use super::plan::PartitionPlan;
 use crate::config::Config;
 use crate::delta::RowBuffer;
@@ -28,10 +31,14 @@ use crate::error::{ErrorClass, ProcessorError};
 use crate::job::JobTally;
 use crate::partition::{DeadLetter, Incoming, Outputs, Partition};
 use crate::telemetry::Metrics;
+use crate::topic_partition::TopicPartition;
 use crate::worker::servers::ServerCache;
 
 /// No message for this long at or past the range's end: the partition's end is reached.
 const END_IDLE: Duration = Duration::from_secs(3);
+
+/// Longest wait for the first record of a batch read to find a partition's end.
+const FIRST_WAIT: Duration = Duration::from_secs(30);
 
 /// No message for this long before the range's end: the broker is not delivering.
 const STALL: Duration = Duration::from_secs(120);
@@ -100,6 +107,48 @@ impl Reader {
             .map_err(|e| kafka(&format!("watermarks of {topic}/{partition}"), &e))
     }
 
+    /// One past the last offset of `tp`, whose watermarks are `low` and `high`. Tansu 0.6
+    /// reports the first offset of the last record batch + 1 as the high watermark: the end
+    /// is confirmed by reading that batch.
+    pub fn end_offset(
+        &self,
+        tp: &TopicPartition,
+        low: i64,
+        high: i64,
+    ) -> Result<i64, ProcessorError> {
+        if high <= low {
+            return Ok(high);
+        }
+        self.start_at(tp, high - 1)?;
+        let mut last = None;
+        let started = Instant::now();
+        let mut quiet_since = started;
+        // The batch's first record may take a while (a slow broker); then quiet means done.
+        while started.elapsed() < FIRST_WAIT && (last.is_none() || quiet_since.elapsed() < END_IDLE)
+        {
+            match self.client.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last = last.max(Some(m.offset()));
+                    quiet_since = Instant::now();
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) if last.is_some() => break,
+                _ => {}
+            }
+        }
+        let _ = self.client.unassign();
+        match last {
+            Some(l) => Ok((l + 1).max(high)),
+            None => Err(ProcessorError::Kafka {
+                what: format!("the end of {tp}"),
+                reason: format!(
+                    "no record from offset {} (the reported high watermark - 1) within {} s",
+                    high - 1,
+                    FIRST_WAIT.as_secs()
+                ),
+            }),
+        }
+    }
+
     /// The partitions of `topic`.
     pub fn partitions(&self, topic: &str) -> Result<Vec<i32>, ProcessorError> {
         let md = self
@@ -141,6 +190,50 @@ impl Reader {
             .collect())
     }
 
+    /// The broker timestamp of the message at `offset` of `topic`/`partition` (`None`: no
+    /// message there within a few seconds).
+    pub fn timestamp_at(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        low: i64,
+    ) -> Result<Option<DateTime<Utc>>, ProcessorError> {
+        // A seek inside a record batch is answered with the next batch or nothing (Tansu
+        // 0.6): read from earlier until reading begins at or before the offset.
+        let mut from = offset;
+        loop {
+            self.start_at(tp, from)?;
+            let deadline = Instant::now() + END_IDLE;
+            let (mut began, mut answer) = (None, None);
+            while Instant::now() < deadline {
+                match self.client.poll(Duration::from_millis(200)) {
+                    Some(Ok(m)) => {
+                        began.get_or_insert(m.offset());
+                        if m.offset() >= offset {
+                            let t = m.timestamp().to_millis();
+                            answer = Some(t.and_then(DateTime::from_timestamp_millis));
+                            break;
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    _ => {}
+                }
+            }
+            let _ = self.client.unassign();
+            // From at or before the offset, the first record at or after it is the answer
+            // (the offset itself unless it is missing).
+            if began.is_some_and(|b| b <= offset) || from <= low {
+                return Ok(answer.flatten());
+            }
+            from = (from - super::coverage::REWIND).max(low);
+        }
+    }
+
+    /// The outcome window the records are derived with.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Reads `plan`'s partition and derives the rows of its range; `progress` is called with
     /// the offset reached every few thousand messages.
     pub fn derive(
@@ -149,14 +242,9 @@ impl Reader {
         mut progress: impl FnMut(i64),
     ) -> Result<Derived, ProcessorError> {
         let tp = &plan.tp;
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(plan.read_from))
-            .map_err(|e| kafka("replay assignment", &e))?;
-        self.client
-            .assign(&list)
-            .map_err(|e| kafka("replay assignment", &e))?;
-        let committed = (plan.read_from > 0).then(|| plan.read_from - 1);
-        let mut part = Partition::new(tp.clone(), committed, None, self.window);
+        let (low, _) = self.watermarks(&tp.topic, tp.partition)?;
+        let mut coverage = Coverage::new(plan.first, plan.last, plan.read_from, low);
+        let mut part = self.start_at(tp, plan.read_from)?;
         let mut out = Derived::default();
         let mut quiet_since = Instant::now();
         let done = |p: &Partition| {
@@ -169,6 +257,14 @@ impl Reader {
                 None => {
                     if at_end && quiet_since.elapsed() >= END_IDLE {
                         break;
+                    }
+                    if quiet_since.elapsed() >= END_IDLE {
+                        let step = coverage.silence();
+                        if step != Step::Take {
+                            let answer = "nothing";
+                            self.follow(plan, step, answer, &mut part, &mut out, &mut quiet_since)?;
+                            continue;
+                        }
                     }
                     if quiet_since.elapsed() >= STALL {
                         return Err(ProcessorError::Kafka {
@@ -184,7 +280,11 @@ impl Reader {
                     continue;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) if at_end => break,
-                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    let (step, answer) = (coverage.end(), "the partition's end");
+                    self.follow(plan, step, answer, &mut part, &mut out, &mut quiet_since)?;
+                    continue;
+                }
                 Some(Err(e)) => {
                     warn!(partition = %tp, error = %pgtrail_connect::kafka_error(&e), "Kafka error while replaying (retried).");
                     continue;
@@ -193,7 +293,8 @@ impl Reader {
             };
             quiet_since = Instant::now();
             let offset = m.offset();
-            if part.last_offset().is_some_and(|l| offset <= l) {
+            let (step, answer) = (coverage.step(offset), "a later offset");
+            if !self.follow(plan, step, answer, &mut part, &mut out, &mut quiet_since)? {
                 continue;
             }
             if out.tally.consumed.is_multiple_of(5_000) {
@@ -229,10 +330,52 @@ impl Reader {
         Ok(out)
     }
 
+    /// Does what a coverage `step` asks: `Ok(true)` reads the message on; a rewind starts the
+    /// partition again from earlier (`answer`: what the broker answered the seek with); a
+    /// missing range fails the replay, naming it.
+    fn follow(
+        &self,
+        plan: &PartitionPlan,
+        step: Step,
+        answer: &'static str,
+        part: &mut Partition,
+        out: &mut Derived,
+        quiet_since: &mut Instant,
+    ) -> Result<bool, ProcessorError> {
+        match step {
+            Step::Take => Ok(true),
+            Step::Skip => Ok(false),
+            Step::Rewind(at) => {
+                info!(partition = %plan.tp, asked = plan.read_from, answer, rewind_to = at, "The broker answered the seek late: reading from earlier.");
+                *part = self.start_at(&plan.tp, at)?;
+                *out = Derived::default();
+                *quiet_since = Instant::now();
+                Ok(false)
+            }
+            Step::Missing(first, last) => Err(ProcessorError::Unreadable {
+                tp: plan.tp.clone(),
+                first,
+                last,
+            }),
+        }
+    }
+
+    /// Assigns `tp` from `offset`; a fresh partition state that resumes there.
+    fn start_at(&self, tp: &TopicPartition, offset: i64) -> Result<Partition, ProcessorError> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))
+            .map_err(|e| kafka("replay assignment", &e))?;
+        self.client
+            .assign(&list)
+            .map_err(|e| kafka("replay assignment", &e))?;
+        let committed = (offset > 0).then(|| offset - 1);
+        Ok(Partition::new(tp.clone(), committed, None, self.window))
+    }
+
     /// Decodes a message, waiting out an unreachable registry.
     fn decode<'p>(
         &self,
-        tp: &crate::topic_partition::TopicPartition,
+        tp: &TopicPartition,
         offset: i64,
         payload: &'p [u8],
     ) -> Result<Result<RawRecordRef<'p>, String>, ProcessorError> {

@@ -192,6 +192,26 @@ pub fn without(
         .collect()
 }
 
+/// The (Kafka partition, offset) of every row of `batches`.
+pub fn row_offsets(
+    batches: &[RecordBatch],
+) -> Result<std::collections::HashSet<(i32, i64)>, deltalake::arrow::error::ArrowError> {
+    use deltalake::arrow::datatypes::{Int32Type, Int64Type};
+    let mut out = std::collections::HashSet::new();
+    for b in batches {
+        let column = |n: &str| {
+            b.column_by_name(n).ok_or_else(|| {
+                deltalake::arrow::error::ArrowError::SchemaError(format!("no column {n}"))
+            })
+        };
+        let p = cast(column("kafka_partition")?, &DataType::Int32)?;
+        let o = cast(column("kafka_offset")?, &DataType::Int64)?;
+        let (p, o) = (p.as_primitive::<Int32Type>(), o.as_primitive::<Int64Type>());
+        out.extend((0..b.num_rows()).map(|i| (p.value(i), o.value(i))));
+    }
+    Ok(out)
+}
+
 /// Per partition of `topic`, the first and last Kafka offset of the rows whose `event_time`
 /// is in `[from, to)`.
 pub async fn offsets_by_event_time(
