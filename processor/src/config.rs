@@ -18,7 +18,7 @@ use serde::Deserialize;
 use pgtrail_connect::{KafkaSection, RegistrySection};
 
 use crate::error::ProcessorError;
-use crate::lake::{Lake, StorageSection};
+use crate::lake::StorageSection;
 use crate::parse::ServerFormat;
 
 /// `pgtrail-processor`: raw PostgreSQL log records from Kafka into Delta Lake audit tables.
@@ -146,7 +146,9 @@ pub struct RunArgs {
 /// Flags of `status` and `jobs` choosing the tables to read.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TablesArgs {
-    /// TOML configuration file: its `[storage]` section reaches object-store lakes.
+    /// TOML configuration file: its `[storage]` section reaches object-store lakes; without
+    /// `--lake` or `--table`, its `lake` and `[tables]` are read (a lake without tables yet
+    /// is not an error).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
     /// Lake root (local directory or object-store URI): every table under
@@ -350,12 +352,6 @@ impl Config {
         cfg.apply(args);
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// The lake's storage settings from the `[storage]` section of the file at `path` (the
-    /// defaults without one), secrets read.
-    pub fn load_storage(path: Option<&std::path::Path>) -> Result<Lake, ProcessorError> {
-        Lake::from_section(&Self::read(path)?.storage)
     }
 
     /// The file at `path` parsed (the defaults without one), flags not applied.

@@ -218,8 +218,10 @@ async fn select_tables(
     command: &str,
     t: &TablesArgs,
 ) -> anyhow::Result<Result<(processor::lake::Lake, Vec<String>), ExitCode>> {
-    let storage = match Config::load_storage(t.config.as_deref()) {
-        Ok(s) => s,
+    let (cfg, storage) = match Config::read(t.config.as_deref())
+        .and_then(|c| Ok((processor::lake::Lake::from_section(&c.storage)?, c)))
+    {
+        Ok((storage, cfg)) => (cfg, storage),
         Err(e) => {
             tracing::error!(error = %e, "Invalid configuration.");
             return Ok(Err(ExitCode::from(e.exit_code())));
@@ -228,6 +230,16 @@ async fn select_tables(
     let mut tables = t.table.clone();
     if let Some(lake) = &t.lake {
         tables.extend(processor::status::find_tables(lake, &storage).await?);
+    } else if tables.is_empty() && t.config.is_some() {
+        // The config's lake and `[tables]`: reached (listed) even when it holds no table yet.
+        tables.extend(processor::status::find_tables(&cfg.lake, &storage).await?);
+        tables.extend(cfg.tables.values().cloned());
+        tables.sort();
+        tables.dedup();
+        if tables.is_empty() {
+            eprintln!("{command}: no tables under {} yet", cfg.lake);
+            return Ok(Err(ExitCode::SUCCESS));
+        }
     }
     if tables.is_empty() {
         eprintln!("{command}: no tables (give --lake or --table)");
