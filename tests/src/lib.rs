@@ -6,10 +6,12 @@
 //! and running the binaries), [`registry`] (a Schema Registry that can be taken down),
 //! [`secure`] (TLS and SCRAM brokers), [`objstore`] (S3 and Azure emulators), [`lagmon`]
 //! (webhook receiver, `lag --once`, a mock cluster with retention), [`replay`] (table
-//! positions, `replay` runs, job-audit rows against the commits). Must
-//! not: reimplement product logic it checks.
+//! positions, `replay` runs, job-audit rows against the commits), [`chart`] (the Helm chart
+//! rendered, its containers laid out and run here). Must not: reimplement product logic it
+//! checks.
 
 pub mod broker;
+pub mod chart;
 pub mod consume;
 pub mod lagmon;
 pub mod lake;

@@ -98,7 +98,8 @@ impl Shipper {
         Self::spawn_bin("pgtrail-processor", args, env, log)
     }
 
-    fn spawn_bin(bin: &str, args: &[String], env: &[(&str, &str)], log: &Path) -> Shipper {
+    /// Starts the binary `bin` of this build with `args` and extra environment `env`.
+    pub fn spawn_bin(bin: &str, args: &[String], env: &[(&str, &str)], log: &Path) -> Shipper {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
