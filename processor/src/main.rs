@@ -218,10 +218,10 @@ async fn select_tables(
     command: &str,
     t: &TablesArgs,
 ) -> anyhow::Result<Result<(processor::lake::Lake, Vec<String>), ExitCode>> {
-    let (cfg, storage) = match Config::read(t.config.as_deref())
-        .and_then(|c| Ok((processor::lake::Lake::from_section(&c.storage)?, c)))
-    {
-        Ok((storage, cfg)) => (cfg, storage),
+    let loaded = Config::read(t.config.as_deref())
+        .and_then(|cfg| Ok((processor::lake::Lake::from_section(&cfg.storage)?, cfg)));
+    let (storage, cfg) = match loaded {
+        Ok(both) => both,
         Err(e) => {
             tracing::error!(error = %e, "Invalid configuration.");
             return Ok(Err(ExitCode::from(e.exit_code())));
