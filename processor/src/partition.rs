@@ -151,16 +151,9 @@ impl Partition {
         checkpoint: Option<PartitionCheckpoint>,
         outcome_window: Duration,
     ) -> Partition {
-        let cp = checkpoint.unwrap_or_else(|| PartitionCheckpoint {
-            tp: tp.clone(),
-            version: committed.unwrap_or(-1),
-            last: committed.unwrap_or(-1),
-            pending: Vec::new(),
-            files: Vec::new(),
-            anchor: None,
-            clock: Clock::default(),
-            released: Vec::new(),
-            heartbeat: None,
+        let cp = checkpoint.unwrap_or_else(|| {
+            let at = committed.unwrap_or(-1);
+            PartitionCheckpoint::before_range(&tp, at, at)
         });
         let tracker =
             OutcomeTracker::resumed(outcome_window, cp.version, cp.clock.log_time, cp.released);

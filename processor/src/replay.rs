@@ -2,8 +2,9 @@
 //! Kafka, with the configuration given now, and replace the rows that came from them.
 //!
 //! Owns [`ReplayArgs`], [`Report`] and [`replay`]; planning in `plan`, reading in `read`, the
-//! table operations in `table`, the comparison in `diff`. The steps: plan each partition's
-//! range (clamped to the table's `txn` version, refused where Kafka deleted offsets unless
+//! table operations in `table`, the comparison in `diff`, the commit in `commit`. The steps:
+//! plan each partition's range (clamped to the table's `txn` version, and for `--into` to the
+//! position of a group continuing that table; refused where Kafka deleted offsets unless
 //! `--allow-partial`), derive the range's rows, drop rows whose record was first shipped (and
 //! written) before the range, compare with what the range holds, and, unless `--dry-run`,
 //! send the range's dead letters, then replace the range in one commit (`mode: historical`
@@ -13,6 +14,7 @@
 //! the live group's `txn` versions and state are never changed. Must not: run on the
 //! consumer's path, or log record contents.
 
+mod commit;
 mod coverage;
 mod diff;
 mod plan;
@@ -22,9 +24,7 @@ mod table;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use deltalake::kernel::Transaction;
 use serde::Serialize;
-use serde_json::json;
 use tracing::info;
 
 pub use diff::{Change, Diff};
@@ -33,10 +33,11 @@ pub use plan::{Bounds, PartitionPlan, plan_partition};
 use crate::config::{Config, RunArgs, TargetArgs};
 use crate::delta::AuditTable;
 use crate::error::ProcessorError;
-use crate::job::{CommitFacts, JobMode, PartitionFacts, job_facts, writer_id};
+use crate::job::{JobMode, PartitionFacts};
 use crate::lake::Lake;
-use crate::state::offset_app_id;
+use crate::state::{StateStore, offset_app_id};
 use crate::topic_partition::TopicPartition;
+use commit::Derivation;
 
 /// Attempts of a replay's commit that conflicted with another (a table maintenance, another
 /// replay; live appends do not conflict: `AuditTable::upload`).
@@ -99,6 +100,11 @@ pub struct ReplayArgs {
     /// Write the replayed rows into this table (created if missing) instead of in place.
     #[arg(long)]
     pub into: Option<String>,
+    /// Hand the `--into` table over to this consumer group at the range's end: the commit
+    /// carries the group's checkpoint there, so a processor of the group started on the table
+    /// continues it live (records still undecided at the end are left to it).
+    #[arg(long, requires = "into")]
+    pub continue_as: Option<String>,
     /// Changed rows named in the report.
     #[arg(long, default_value_t = 10)]
     pub sample: usize,
@@ -191,7 +197,12 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
         })?;
     let rt = tokio::runtime::Handle::current();
     let mut reader = tokio::task::block_in_place(|| read::Reader::new(cfg, rt))?;
-    let plans = plans(cfg, args, &source, &reader).await?;
+    let into = match &args.into {
+        Some(t) => AuditTable::open_existing_with(t, lake.options_for(t)).await?,
+        None => None,
+    };
+    let plans = plans(cfg, args, &source, into.as_ref(), &reader).await?;
+    drop(into);
     let mut report = Report {
         table: uri.clone(),
         target: args.into.clone().unwrap_or_else(|| uri.clone()),
@@ -208,14 +219,14 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
     for p in &plans {
         info!(partition = %p.tp, first = p.first, last = p.last, read_from = p.read_from, unreadable = ?p.unreadable, "Replay planned.");
     }
-    let (batches, parts, dead) = derive(&mut reader, &source, &plans, &mut report).await?;
+    let mut derived = derive(&mut reader, &source, &plans, &mut report).await?;
     let old = table::rows_in(source.delta(), &plans).await?;
     let digest = |b: &[deltalake::arrow::array::RecordBatch]| {
         diff::digests(b).map_err(|e| ProcessorError::Internal {
             reason: format!("comparing rows: {e}"),
         })
     };
-    report.diff = diff::diff(digest(&old)?, digest(&batches)?, args.sample);
+    report.diff = diff::diff(digest(&old)?, digest(&derived.batches)?, args.sample);
     // In place, a replay that changes nothing writes nothing (`--into` always writes).
     if args.dry_run || plans.is_empty() || (args.into.is_none() && report.diff.is_empty()) {
         return Ok(report);
@@ -226,7 +237,7 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
     let had_rows = table::row_offsets(&old).map_err(|e| ProcessorError::Internal {
         reason: format!("reading the range's rows: {e}"),
     })?;
-    let dead: Vec<_> = dead
+    let dead: Vec<_> = std::mem::take(&mut derived.dead)
         .into_iter()
         .filter(|d| args.into.is_none() && had_rows.contains(&(d.tp.partition, d.offset)))
         .collect();
@@ -235,31 +246,26 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
         send_dead_letters(cfg, &dead)?;
     }
     drop(source);
-    let written = commit(cfg, args, &lake, &plans, &parts, batches, &report, started).await?;
+    let written = commit::commit(cfg, args, &lake, &plans, derived, &report, started).await?;
     report.version = written.version();
     info!(table = %report.target, version = ?report.version, rows_removed = report.diff.rows_before, rows_added = report.diff.rows_after, "Replay committed.");
     Ok(report)
 }
 
-/// Derives the rows of every plan's range (`report` takes the counts): the batches, each
-/// partition's facts, the dead letters.
+/// Derives the rows of every plan's range (`report` takes the counts).
 async fn derive(
     reader: &mut read::Reader,
     source: &AuditTable,
     plans: &[PartitionPlan],
     report: &mut Report,
-) -> Result<
-    (
-        Vec<deltalake::arrow::array::RecordBatch>,
-        Vec<PartitionFacts>,
-        Vec<crate::partition::DeadLetter>,
-    ),
-    ProcessorError,
-> {
-    let mut batches = Vec::new();
-    let mut parts = Vec::new();
-    let mut dead = Vec::new();
+) -> Result<Derivation, ProcessorError> {
+    let mut out = Derivation::default();
     for p in plans {
+        if p.is_empty() {
+            let at = crate::partition::PartitionCheckpoint::before_range(&p.tp, p.last, p.last);
+            out.handover.push(at);
+            continue;
+        }
         let total = (p.last - p.read_from + 1).max(1);
         let mut derived = tokio::task::block_in_place(|| {
             reader.derive(p, |at| {
@@ -277,7 +283,8 @@ async fn derive(
         report.records += derived.in_range;
         report.reshipped += first_written.len() as u64;
         report.dead_letters += derived.dead.len() as u64;
-        parts.push(PartitionFacts {
+        out.handover.extend(derived.checkpoint.take());
+        out.parts.push(PartitionFacts {
             topic: p.tp.topic.to_string(),
             partition: p.tp.partition,
             first_offset: p.first,
@@ -285,120 +292,10 @@ async fn derive(
             rows: n as u64,
             tally: derived.tally,
         });
-        dead.append(&mut derived.dead);
-        batches.extend(rows);
+        out.dead.append(&mut derived.dead);
+        out.batches.extend(rows);
     }
-    Ok((batches, parts, dead))
-}
-
-/// Replaces the plans' ranges in the target table with `batches` in one commit (retried on
-/// the new version when another commit raced it); the table after it.
-#[allow(clippy::too_many_arguments)]
-async fn commit(
-    cfg: &Config,
-    args: &ReplayArgs,
-    lake: &Lake,
-    plans: &[PartitionPlan],
-    parts: &[PartitionFacts],
-    batches: Vec<deltalake::arrow::array::RecordBatch>,
-    report: &Report,
-    started: DateTime<Utc>,
-) -> Result<deltalake::DeltaTable, ProcessorError> {
-    let uri = &report.table;
-    let open_target = || async {
-        match &args.into {
-            None => AuditTable::open_existing_with(uri, lake.options_for(uri))
-                .await?
-                .ok_or_else(|| ProcessorError::Config {
-                    reason: format!("no Delta table at {uri} any more"),
-                }),
-            Some(into) => {
-                AuditTable::open_or_create_with(
-                    into,
-                    lake.options_for(into),
-                    cfg.checkpoint_interval,
-                )
-                .await
-            }
-        }
-    };
-    let target = open_target().await?;
-    let mut attempt = 0;
-    let commit = CommitFacts {
-        mode: JobMode::Historical,
-        group: &cfg.group,
-        writer: &writer_id(),
-        table: target.uri(),
-        version: target.version().map_or(0, |v| v + 1),
-        rows_before: target.row_count()?,
-        started,
-        attempt: 1,
-    };
-    let mut facts = job_facts(&commit, parts, Utc::now());
-    facts["rows_removed"] = json!(report.diff.rows_before);
-    facts["rows_after"] = json!(
-        (commit.rows_before + report.diff.rows_after).saturating_sub(report.diff.rows_before)
-    );
-    // `group` and `partitions` as live commits name them: a processor started on an `--into`
-    // table finds the topic written by another group and refuses to write it all again.
-    let metadata = json!({
-        "group": format!("replay:{}", cfg.group),
-        "partitions": plans
-            .iter()
-            .map(|p| json!({"topic": &*p.tp.topic, "partition": p.tp.partition}))
-            .collect::<Vec<_>>(),
-        "job": facts,
-        "replay": {
-            "source": uri,
-            "ranges": plans,
-            "rows_removed": report.diff.rows_before,
-            "rows_added": report.diff.rows_after,
-            "reshipped": report.reshipped,
-        },
-    });
-    let txns = replay_txns(args, plans);
-    let uri_written = target.uri().to_owned();
-    let mut target = Some(target);
-    let written = loop {
-        attempt += 1;
-        let t = match target.take() {
-            Some(t) => t,
-            None => open_target().await?,
-        };
-        let r = table::replace(
-            t.into_delta(),
-            plans,
-            batches.clone(),
-            metadata.clone(),
-            txns.clone(),
-        )
-        .await;
-        match r {
-            Err(e) if attempt < COMMIT_ATTEMPTS && e.class() == crate::ErrorClass::Retryable => {
-                tracing::warn!(table = %uri_written, attempt, error = %e, "The replay's commit raced another; trying again on the new version.");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            r => break r?,
-        }
-    };
-    Ok(written)
-}
-
-/// `--into` tables record, per partition, the last offset replayed into them under the
-/// replay's own `txn` identity (never the live group's).
-fn replay_txns(args: &ReplayArgs, plans: &[PartitionPlan]) -> Vec<Transaction> {
-    if args.into.is_none() {
-        return Vec::new();
-    }
-    plans
-        .iter()
-        .map(|p| {
-            Transaction::new(
-                format!("pgtrail-replay-{}-{}", p.tp.topic, p.tp.partition),
-                p.last,
-            )
-        })
-        .collect()
+    Ok(out)
 }
 
 fn send_dead_letters(
@@ -447,9 +344,19 @@ async fn plans(
     cfg: &Config,
     args: &ReplayArgs,
     source: &AuditTable,
+    into: Option<&AuditTable>,
     reader: &read::Reader,
 ) -> Result<Vec<PartitionPlan>, ProcessorError> {
     let topic = &args.topic;
+    let continuing = match into {
+        Some(t) => {
+            StateStore::new(t.object_store(), t.uri(), &cfg.group)
+                .groups_of(topic)
+                .await?
+        }
+        None => Vec::new(),
+    };
+    check_handover(args, &continuing)?;
     let partitions = if args.partition.is_empty() {
         tokio::task::block_in_place(|| reader.partitions(topic))?
     } else {
@@ -464,7 +371,9 @@ async fn plans(
             starts
                 .into_iter()
                 .filter_map(|(p, s)| {
-                    let s = s?;
+                    // No record at or after the window's start: nothing to replay, but a
+                    // hand-over still needs the partition's point (its position then).
+                    let s = s.or(args.continue_as.as_ref().map(|_| i64::MAX))?;
                     let e = ends.get(&p).copied().flatten().map(|e| e - 1);
                     Some((p, (Some(s), e)))
                 })
@@ -501,16 +410,94 @@ async fn plans(
         if by_kafka_time {
             from = plan::window_start(from, low);
         }
+        // Offsets past a live group's position in the `--into` table are that group's.
+        let held = match into {
+            Some(t) => continued_to(t, &continuing, &tp).await?,
+            None => None,
+        };
+        let position = position.map(|p| held.map_or(p, |h| p.min(h)));
         let bounds = Bounds { low, position };
-        if let Some(mut p) =
-            plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)?
-        {
-            let by_time = context_by_time(reader, &p, low, args.context_time).await?;
-            p.read_from = p.read_from.min(by_time.max(low));
-            plans.push(p);
+        let handover = args.continue_as.is_some() && held.is_none();
+        match plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)? {
+            Some(mut p) => {
+                p.handover = handover;
+                if handover && let Some(t) = into {
+                    refuse_rows_after(t, &p).await?;
+                }
+                let by_time = context_by_time(reader, &p, low, args.context_time).await?;
+                p.read_from = p.read_from.min(by_time.max(low));
+                plans.push(p);
+            }
+            // A partition with nothing in the range is still handed over, at the range's end:
+            // the group would otherwise write it from its first offset.
+            None if handover => {
+                let end = position.map(|p| to.map_or(p, |t| t.min(p)));
+                if let Some(p) = end.filter(|e| *e >= 0).map(|e| PartitionPlan::at(&tp, e)) {
+                    if let Some(t) = into {
+                        refuse_rows_after(t, &p).await?;
+                    }
+                    plans.push(p);
+                }
+            }
+            None => {}
         }
     }
     Ok(plans)
+}
+
+/// A hand-over needs one group to continue the `--into` table, from a point every partition
+/// has: not another group than one already continuing it, nor an `event_time` window (it does
+/// not say where a partition without rows in it ends).
+fn check_handover(args: &ReplayArgs, continuing: &[String]) -> Result<(), ProcessorError> {
+    let Some(group) = &args.continue_as else {
+        return Ok(());
+    };
+    if let Some(other) = continuing.iter().find(|g| *g != group) {
+        return Err(ProcessorError::Config {
+            reason: format!(
+                "group {other} continues {}; handing it over to {group} as well would leave partitions to two groups",
+                args.into.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    if args.from_time.is_some() && args.time == TimeBasis::Event {
+        return Err(ProcessorError::Config {
+            reason: "--continue-as takes offsets or a Kafka-time window: an event_time window does not say where a partition without rows in it ends".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The lowest position of the groups `continuing` in the `--into` table `into` for `tp`
+/// (`None`: no group continues it there).
+async fn continued_to(
+    into: &AuditTable,
+    continuing: &[String],
+    tp: &TopicPartition,
+) -> Result<Option<i64>, ProcessorError> {
+    let mut lowest: Option<i64> = None;
+    for group in continuing {
+        if let Some(v) = into.txn_version(&offset_app_id(group, tp)).await? {
+            lowest = Some(lowest.map_or(v, |l| l.min(v)));
+        }
+    }
+    Ok(lowest)
+}
+
+/// A hand-over at `plan`'s end needs the `--into` table to hold no row of the partition after
+/// it: the group continuing there would write those records again.
+async fn refuse_rows_after(into: &AuditTable, plan: &PartitionPlan) -> Result<(), ProcessorError> {
+    match table::last_offset(into.delta(), &plan.tp).await? {
+        Some(o) if o > plan.last => Err(ProcessorError::Config {
+            reason: format!(
+                "{}: table {} holds rows up to offset {o}, after the range's end {}; a group continuing from there would write them again (hand over at the table's end, or into a new table)",
+                plan.tp,
+                into.uri(),
+                plan.last
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl std::fmt::Display for Report {
@@ -528,6 +515,14 @@ impl std::fmt::Display for Report {
             }
         )?;
         for p in &self.plans {
+            if p.is_empty() {
+                writeln!(
+                    f,
+                    "  {} nothing in the range, handed over after offset {}",
+                    p.tp, p.last
+                )?;
+                continue;
+            }
             write!(
                 f,
                 "  {} offsets {}..={} (read from {})",
@@ -535,6 +530,9 @@ impl std::fmt::Display for Report {
             )?;
             if let Some((a, b)) = p.unreadable {
                 write!(f, ", {a}..={b} no longer in Kafka: rows kept")?;
+            }
+            if p.handover {
+                write!(f, ", handed over at its end")?;
             }
             writeln!(f)?;
         }

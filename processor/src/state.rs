@@ -192,6 +192,15 @@ impl StateStore {
     /// The other consumer groups with state objects beside this table whose newest object
     /// holds a partition of `topic` (their partitions of it are theirs).
     pub async fn other_groups_of(&self, topic: &str) -> Result<Vec<String>, ProcessorError> {
+        let own = self.dir.filename().unwrap_or_default().to_owned();
+        let mut groups = self.groups_of(topic).await?;
+        groups.retain(|g| *g != own);
+        Ok(groups)
+    }
+
+    /// Every consumer group, this one included, with state objects beside this table whose
+    /// newest object holds a partition of `topic`.
+    pub async fn groups_of(&self, topic: &str) -> Result<Vec<String>, ProcessorError> {
         let root = Path::from_iter(["_pgtrail", "state"]);
         let listed = self
             .store
@@ -200,9 +209,6 @@ impl StateStore {
             .map_err(|e| self.io("list groups", 0, e))?;
         let mut out = Vec::new();
         for prefix in listed.common_prefixes {
-            if prefix == self.dir {
-                continue;
-            }
             let Some(group) = prefix.filename().map(str::to_owned) else {
                 continue;
             };

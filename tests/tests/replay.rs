@@ -1,7 +1,8 @@
 //! Replay (issue 20): rows derived again from the raw records in Kafka after a parser setting
 //! changed replace exactly the rows of the replayed range, while a live processor appends to
 //! the same table; replaying twice changes nothing; `--dry-run` writes nothing; `--into`
-//! builds a comparable table; a replay killed at any moment leaves the table untouched or
+//! builds a comparable table, which `--continue-as` hands over to a group that continues it
+//! live; a replay killed at any moment leaves the table untouched or
 //! fully replaced; offsets deleted by retention are refused. Expectations come from two
 //! reference runs over the whole topic (the old and the new setting), never from the replay.
 //!
@@ -112,6 +113,20 @@ fn spliced(old: &[Row], new: &[Row], ranges: &[(i32, i64, i64)]) -> Vec<Row> {
     let mut rows: Vec<Row> = old.iter().filter(|r| !inside(ranges, r)).cloned().collect();
     rows.extend(new.iter().filter(|r| inside(ranges, r)).cloned());
     sorted(rows)
+}
+
+/// `got` holds exactly the rows of `expected`, each once (`what` says what that means).
+fn assert_same_rows(expected: &[Row], got: &[Row], what: &str) {
+    let missing: Vec<&Row> = expected.iter().filter(|r| !got.contains(r)).collect();
+    let extra: Vec<&Row> = got.iter().filter(|r| !expected.contains(r)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && got.len() == expected.len(),
+        "{what}; missing {} e.g. {:?}, unexpected {} e.g. {:?}",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first()
+    );
 }
 
 fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -258,17 +273,10 @@ fn a_replay_replaces_exactly_its_range_while_the_live_processor_appends() {
         .collect();
     expected.extend(in_range(&new));
     let expected = sorted(expected);
-    let (missing, extra): (Vec<&Row>, Vec<&Row>) = (
-        expected.iter().filter(|r| !after.contains(r)).collect(),
-        after.iter().filter(|r| !expected.contains(r)).collect(),
-    );
-    assert!(
-        missing.is_empty() && extra.is_empty() && after.len() == expected.len(),
-        "the table = old rows outside the ranges + new rows inside them; missing {} e.g. {:?}, unexpected {} e.g. {:?}",
-        missing.len(),
-        missing.first(),
-        extra.len(),
-        extra.first()
+    assert_same_rows(
+        &expected,
+        &after,
+        "the table = old rows outside the ranges + new rows inside them",
     );
     let ids: std::collections::HashSet<&str> = after.iter().map(|r| r.event_id.as_str()).collect();
     assert_eq!(ids.len(), after.len(), "no duplicate rows");
@@ -331,18 +339,95 @@ fn a_replay_replaces_exactly_its_range_while_the_live_processor_appends() {
     assert_eq!(status.code(), Some(2), "{text}");
     assert!(text.contains("replay:live"), "{text}");
 
+    // Handing over at the end of a range needs the table to hold nothing after it.
+    let mid = ((pos[0] / 4 + pos[0] / 2) / 2).to_string();
+    let mut early = replay_args(
+        &right,
+        &brokers,
+        &lake,
+        &["--partition", "0", "--from-offset", &a, "--to-offset", &mid],
+    );
+    early.extend([
+        "--into".into(),
+        into.clone(),
+        "--continue-as".into(),
+        "x".into(),
+    ]);
+    let (code, _, err) = replay(&early);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("after the range's end"), "{err}");
+
+    // `--continue-as`: a table handed over at the range's end is continued live by that
+    // group: the range's new rows, every later record of partition 0 and all of partition 1,
+    // each once, as the new-settings reference run has them.
+    let moved = work.path().join("moved").to_string_lossy().into_owned();
+    let mut hand = range_args.clone();
+    hand.extend([
+        "--into".into(),
+        moved.clone(),
+        "--continue-as".into(),
+        "moved".into(),
+    ]);
+    let handed = replay_ok(&hand);
+    assert_eq!(handed["plans"][0]["handover"], true, "{handed:#}");
+    let moved_cfg = work.path().join("moved.toml");
+    let right_text = std::fs::read_to_string(&right).unwrap();
+    std::fs::write(
+        &moved_cfg,
+        format!("{right_text}[tables]\n{TOPIC:?} = {moved:?}\n"),
+    )
+    .unwrap();
+    let cont_args = with_config(
+        processor_args(&brokers, &lake, "moved", &[TOPIC]),
+        &moved_cfg,
+    );
+    process_until_idle(&cont_args, "6s", &work.path().join("moved.log"));
+    let from_range = |r: &Row| r.kafka.0 == 1 || r.kafka.1 >= pos[0] / 4;
+    let expected: Vec<Row> = new.iter().filter(|r| from_range(r)).cloned().collect();
+    assert_same_rows(
+        &expected,
+        &read_rows(&moved),
+        "handed over and continued = the new rows from the range on",
+    );
+
+    // A partition with nothing in the range is handed over at the range's end as well (the
+    // group would otherwise write it from its first offset): here both, at their positions.
+    let tail = work.path().join("tail").to_string_lossy().into_owned();
+    let mut late = replay_args(&right, &brokers, &lake, &["--from-offset", "1000000000"]);
+    late.extend([
+        "--into".into(),
+        tail.clone(),
+        "--continue-as".into(),
+        "tail".into(),
+    ]);
+    let report = replay_ok(&late);
+    assert_eq!(report["plans"].as_array().unwrap().len(), 2, "{report:#}");
+    let tail_cfg = work.path().join("tail.toml");
+    std::fs::write(
+        &tail_cfg,
+        format!("{right_text}[tables]\n{TOPIC:?} = {tail:?}\n"),
+    )
+    .unwrap();
+    let tail_args = with_config(processor_args(&brokers, &lake, "tail", &[TOPIC]), &tail_cfg);
+    process_until_idle(&tail_args, "6s", &work.path().join("tail.log"));
+    assert!(
+        read_rows(&tail).is_empty(),
+        "nothing after the hand-over, so no row"
+    );
+
     // Every commit has its job row and reconciles; replays are historical runs.
     let jobs = lake.join("pgtrail_jobs").to_string_lossy().into_owned();
     let commits = assert_job_rows(&table, &jobs);
     assert_job_rows(&into, &jobs);
+    assert_job_rows(&moved, &jobs);
     let rows = job_rows(&jobs);
     let historical = rows
         .values()
         .filter(|(kind, f)| kind == "commit" && f["mode"] == "historical")
         .count();
     assert_eq!(
-        historical, 3,
-        "two replays and --into committed (the repeat had nothing to change)"
+        historical, 5,
+        "two replays, --into and two hand-overs committed (the repeat had nothing to change)"
     );
     let runs_ended = rows
         .values()

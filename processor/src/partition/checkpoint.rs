@@ -50,6 +50,25 @@ pub struct PartitionCheckpoint {
     pub heartbeat: Option<i64>,
 }
 
+impl PartitionCheckpoint {
+    /// A checkpoint at `version` with nothing known before it, whose records up to `last`
+    /// count as handled already (their outputs are not emitted, they are never pending): what
+    /// a replay reading context before its range resumes from.
+    pub fn before_range(tp: &TopicPartition, version: i64, last: i64) -> PartitionCheckpoint {
+        PartitionCheckpoint {
+            tp: tp.clone(),
+            version,
+            last: last.max(version),
+            pending: Vec::new(),
+            files: Vec::new(),
+            anchor: None,
+            clock: Clock::default(),
+            released: Vec::new(),
+            heartbeat: None,
+        }
+    }
+}
+
 /// A partition's newest log times: they decide when outcome windows close and when an open
 /// stderr record counts as complete.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

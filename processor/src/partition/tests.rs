@@ -340,3 +340,128 @@ fn heartbeats_make_no_rows_and_are_recorded_once_covered() {
         Some(1_800_000_000_000_000)
     );
 }
+
+/// Issue 20, `replay --into --continue-as`: a replay reads context before its range, stops at
+/// the range's last offset and hands its checkpoint to a live group. The records of the range
+/// then get exactly the rows of an undisturbed run between the replay and the group resuming
+/// from that checkpoint, and the context's records none (a context record still held at the
+/// hand-over is not the group's to write).
+#[test]
+fn a_handover_checkpoint_continues_the_range_as_an_undisturbed_run() {
+    let window = Duration::from_secs(60);
+    let records = [
+        // Context: an audited UPDATE, failed by its error at offset 5, after the hand-over.
+        csv(
+            "10:50.000",
+            7,
+            "3/1",
+            "LOG",
+            "AUDIT: SESSION,1,1,WRITE,UPDATE,,,\"UPDATE t SET n = 1\",<none>",
+            "",
+        ),
+        csv("10:51.000", 8, "4/1", "LOG", "connection authorized", ""),
+        // The range, 2..=4: an audited INSERT (held at the hand-over, decided after it)
+        // and an UPDATE decided inside the range.
+        csv(
+            "11:01.000",
+            9,
+            "5/1",
+            "LOG",
+            "AUDIT: SESSION,1,1,WRITE,INSERT,,,\"INSERT INTO t VALUES (1)\",<none>",
+            "",
+        ),
+        csv(
+            "11:01.100",
+            10,
+            "6/1",
+            "LOG",
+            "AUDIT: SESSION,1,1,WRITE,UPDATE,,,\"UPDATE t SET n = 2\",<none>",
+            "",
+        ),
+        csv(
+            "11:01.200",
+            10,
+            "6/1",
+            "ERROR",
+            "division by zero",
+            "UPDATE t SET n = 2",
+        ),
+        // After the hand-over: the context UPDATE's and the INSERT's errors.
+        csv(
+            "11:02.000",
+            7,
+            "3/1",
+            "ERROR",
+            "canceling statement due to statement timeout",
+            "UPDATE t SET n = 1",
+        ),
+        csv(
+            "11:02.001",
+            9,
+            "5/1",
+            "ERROR",
+            "duplicate key value",
+            "INSERT INTO t VALUES (1)",
+        ),
+        csv("11:09.000", 8, "4/1", "LOG", "checkpoint complete", ""),
+    ];
+    let prefix = || OnePrefix(ServerFormat::new("%m [%p] ", None).expect("prefix"));
+    let tp = || crate::topic_partition::TopicPartition::new("t", 0);
+    let metrics = Metrics::default();
+    let rows = |out: &Outputs| -> Vec<(i64, String)> {
+        let mut r: Vec<_> = out
+            .rows
+            .iter()
+            .map(|(r, o)| (*o, r.result.as_str().to_owned()))
+            .collect();
+        r.sort();
+        r
+    };
+    let mut undisturbed = Partition::new(tp(), None, None, window);
+    let mut out = push_csv(&mut undisturbed, &mut prefix(), 0, &records);
+    undisturbed.finish(&metrics, &mut out);
+    let expected: Vec<_> = rows(&out).into_iter().filter(|(o, _)| *o >= 2).collect();
+    assert_eq!(
+        expected,
+        [(2, "FAILURE".to_owned()), (3, "FAILURE".to_owned())]
+    );
+
+    let (first, last) = (2, 4);
+    let handing = |context: Option<super::PartitionCheckpoint>| {
+        let mut replay = Partition::new(tp(), None, context, window);
+        let mut servers = prefix();
+        let during = push_csv(&mut replay, &mut servers, 0, &records[..=last as usize]);
+        let cp = replay.checkpoint().expect("checkpoint");
+        let mut live = Partition::new(tp(), Some(cp.version), Some(cp.clone()), window);
+        let from = (cp.version + 1) as usize;
+        let mut after = push_csv(&mut live, &mut servers, from as i64, &records[from..]);
+        live.finish(&metrics, &mut after);
+        // The replay keeps the outputs of the range's records only (`replay/read.rs`).
+        let mut got: Vec<_> = rows(&during)
+            .into_iter()
+            .filter(|(o, _)| (first..=last).contains(o))
+            .collect();
+        got.extend(rows(&after));
+        got.sort();
+        (cp, got)
+    };
+    let (cp, got) = handing(Some(super::PartitionCheckpoint::before_range(
+        &tp(),
+        -1,
+        first - 1,
+    )));
+    assert_eq!(
+        (cp.version, cp.last, cp.pending.clone()),
+        (-1, 4, vec![2]),
+        "the held context record pins the version; only the range's record is pending"
+    );
+    assert_eq!(
+        got, expected,
+        "the range's rows, each once; none of the context"
+    );
+    let (_, unmarked) = handing(None);
+    assert!(
+        unmarked.iter().any(|(o, _)| *o < first),
+        "without the context marked, the group would write a context record: {unmarked:?}"
+    );
+}

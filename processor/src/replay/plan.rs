@@ -36,6 +36,30 @@ pub struct PartitionPlan {
     pub read_from: i64,
     /// Offsets asked for that Kafka no longer has (kept as they are, `--allow-partial`).
     pub unreadable: Option<(i64, i64)>,
+    /// The range ends at a checkpoint handed to a live group (`--continue-as`): records
+    /// still undecided at `last` are that group's to write.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
+}
+
+impl PartitionPlan {
+    /// A hand-over of `tp` after offset `last` with no record to replay (nothing of the range
+    /// is in it): the group continues from `last + 1`.
+    pub fn at(tp: &TopicPartition, last: i64) -> PartitionPlan {
+        PartitionPlan {
+            tp: tp.clone(),
+            first: last + 1,
+            last,
+            read_from: last + 1,
+            unreadable: None,
+            handover: true,
+        }
+    }
+
+    /// Whether it has offsets to replay.
+    pub fn is_empty(&self) -> bool {
+        self.first > self.last
+    }
 }
 
 /// Plans `tp` for the offsets `from..=to` (`None`: its first / the table's position), with
@@ -63,6 +87,7 @@ pub fn plan_partition(
         last,
         read_from: first,
         unreadable: None,
+        handover: false,
     };
     if first < bounds.low {
         let gone = (first, (bounds.low - 1).min(last));

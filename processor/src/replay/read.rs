@@ -5,6 +5,10 @@
 //! `read_from` (context before the range), on past the range until every record of the range
 //! is decided (its outcome known, its stderr lines complete), or to the end of the partition,
 //! where what is still held is released as the live processor releases an idle partition.
+//! A plan that hands over (`--continue-as`) stops at the range's last offset instead and
+//! returns the partition's checkpoint there: what is undecided then is the live group's to
+//! decide, exactly as after a restart (context records are before that checkpoint's range, so
+//! they are never the group's to emit).
 //! Invariants: every offset of the range is read, or the replay fails naming it (`coverage`: a
 //! seek answered from a later batch rewinds); only rows, dead letters and tallies of records
 //! inside the range are kept; a registry that cannot be reached is waited for (the message is
@@ -29,7 +33,7 @@ use crate::config::Config;
 use crate::delta::RowBuffer;
 use crate::error::{ErrorClass, ProcessorError};
 use crate::job::JobTally;
-use crate::partition::{DeadLetter, Incoming, Outputs, Partition};
+use crate::partition::{DeadLetter, Incoming, Outputs, Partition, PartitionCheckpoint};
 use crate::telemetry::Metrics;
 use crate::topic_partition::TopicPartition;
 use crate::worker::servers::ServerCache;
@@ -60,6 +64,8 @@ pub struct Derived {
     pub tally: JobTally,
     /// Records inside the range.
     pub in_range: u64,
+    /// The checkpoint at the range's last offset, for a plan that hands over.
+    pub checkpoint: Option<PartitionCheckpoint>,
 }
 
 /// Reads partitions for a replay (one at a time).
@@ -119,7 +125,7 @@ impl Reader {
         if high <= low {
             return Ok(high);
         }
-        self.start_at(tp, high - 1)?;
+        self.assign(tp, high - 1)?;
         let mut last = None;
         let started = Instant::now();
         let mut quiet_since = started;
@@ -202,7 +208,7 @@ impl Reader {
         // 0.6): read from earlier until reading begins at or before the offset.
         let mut from = offset;
         loop {
-            self.start_at(tp, from)?;
+            self.assign(tp, from)?;
             let deadline = Instant::now() + END_IDLE;
             let (mut began, mut answer) = (None, None);
             while Instant::now() < deadline {
@@ -244,12 +250,12 @@ impl Reader {
         let tp = &plan.tp;
         let (low, _) = self.watermarks(&tp.topic, tp.partition)?;
         let mut coverage = Coverage::new(plan.first, plan.last, plan.read_from, low);
-        let mut part = self.start_at(tp, plan.read_from)?;
+        let mut part = self.start_at(plan, plan.read_from)?;
         let mut out = Derived::default();
         let mut quiet_since = Instant::now();
         let done = |p: &Partition| {
             p.last_offset().is_some_and(|l| l >= plan.last)
-                && p.safe_offset().is_some_and(|s| s >= plan.last)
+                && (plan.handover || p.safe_offset().is_some_and(|s| s >= plan.last))
         };
         while !done(&part) {
             let at_end = part.last_offset().is_some_and(|l| l >= plan.last);
@@ -291,6 +297,10 @@ impl Reader {
                 }
                 Some(Ok(m)) => m,
             };
+            // A message fetched for the partition read before (gone with its assignment).
+            if m.partition() != tp.partition || m.topic() != &*tp.topic {
+                continue;
+            }
             quiet_since = Instant::now();
             let offset = m.offset();
             let (step, answer) = (coverage.step(offset), "a later offset");
@@ -322,9 +332,14 @@ impl Reader {
             }
             self.keep(plan, outputs, &mut out)?;
         }
-        let mut rest = Outputs::default();
-        part.finish(&self.metrics, &mut rest);
-        self.keep(plan, rest, &mut out)?;
+        if plan.handover {
+            out.tally.held_after = part.undecided();
+            out.checkpoint = part.checkpoint();
+        } else {
+            let mut rest = Outputs::default();
+            part.finish(&self.metrics, &mut rest);
+            self.keep(plan, rest, &mut out)?;
+        }
         let _ = self.client.unassign();
         info!(partition = %tp, first = plan.first, last = plan.last, read = out.tally.consumed, rows = out.rows.len(), dead_letters = out.dead.len(), "Replay derived its rows.");
         Ok(out)
@@ -347,7 +362,7 @@ impl Reader {
             Step::Skip => Ok(false),
             Step::Rewind(at) => {
                 info!(partition = %plan.tp, asked = plan.read_from, answer, rewind_to = at, "The broker answered the seek late: reading from earlier.");
-                *part = self.start_at(&plan.tp, at)?;
+                *part = self.start_at(plan, at)?;
                 *out = Derived::default();
                 *quiet_since = Instant::now();
                 Ok(false)
@@ -360,16 +375,26 @@ impl Reader {
         }
     }
 
-    /// Assigns `tp` from `offset`; a fresh partition state that resumes there.
-    fn start_at(&self, tp: &TopicPartition, offset: i64) -> Result<Partition, ProcessorError> {
+    /// Assigns `tp` from `offset`.
+    fn assign(&self, tp: &TopicPartition, offset: i64) -> Result<(), ProcessorError> {
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))
             .map_err(|e| kafka("replay assignment", &e))?;
         self.client
             .assign(&list)
-            .map_err(|e| kafka("replay assignment", &e))?;
+            .map_err(|e| kafka("replay assignment", &e))
+    }
+
+    /// Assigns `plan`'s partition from `offset`; a fresh partition state that resumes there
+    /// (handing over: one that emits nothing of the context, as if its records were written).
+    fn start_at(&self, plan: &PartitionPlan, offset: i64) -> Result<Partition, ProcessorError> {
+        let tp = &plan.tp;
+        self.assign(tp, offset)?;
         let committed = (offset > 0).then(|| offset - 1);
-        Ok(Partition::new(tp.clone(), committed, None, self.window))
+        let context = plan
+            .handover
+            .then(|| PartitionCheckpoint::before_range(tp, offset - 1, plan.first - 1));
+        Ok(Partition::new(tp.clone(), committed, context, self.window))
     }
 
     /// Decodes a message, waiting out an unreachable registry.

@@ -3,10 +3,10 @@
 //! replacement: one `replaceWhere` write whose single commit removes the range's rows
 //! (rewriting files that hold rows outside it too) and adds the rows derived again.
 //!
-//! Owns [`range_predicate`], [`rows_in`], [`ids_before`] and [`replace`]. Invariants: the
-//! predicate names exactly the plans' topic-partitions and offset ranges, so rows outside
-//! them, including those the live processor appends meanwhile, are untouched; deltalake's
-//! conflict checker retries a commit that raced one whose files the predicate cannot match.
+//! Owns [`range_predicate`], [`rows_in`], [`ids_before`], [`last_offset`] and [`replace`].
+//! Invariants: the predicate names exactly the plans' topic-partitions and offset ranges, so
+//! rows outside them, including those the live processor appends meanwhile, are untouched;
+//! deltalake's conflict checker retries a commit that raced one whose files the predicate cannot match.
 //! Must not: be called from the consumer's path (this is the only user of datafusion).
 
 use std::collections::HashSet;
@@ -212,6 +212,35 @@ pub fn row_offsets(
     Ok(out)
 }
 
+/// The highest Kafka offset of `tp`'s rows (`None`: it has none).
+pub async fn last_offset(
+    table: &DeltaTable,
+    tp: &crate::topic_partition::TopicPartition,
+) -> Result<Option<i64>, ProcessorError> {
+    use deltalake::arrow::datatypes::Int64Type;
+    let sql_where = format!(
+        "kafka_topic = {} AND kafka_partition = {}",
+        quote(&tp.topic),
+        tp.partition
+    );
+    let batches = query(table, &sql_where, "max(kafka_offset)")
+        .await?
+        .collect()
+        .await
+        .map_err(|e| err(table, "scan", e))?;
+    let mut out = None;
+    for b in batches {
+        let hi = cast(b.column(0), &DataType::Int64).map_err(|e| err(table, "scan", e))?;
+        let hi = hi.as_primitive::<Int64Type>();
+        out = (0..b.num_rows())
+            .filter(|i| hi.is_valid(*i))
+            .map(|i| hi.value(i))
+            .chain(out)
+            .max();
+    }
+    Ok(out)
+}
+
 /// Per partition of `topic`, the first and last Kafka offset of the rows whose `event_time`
 /// is in `[from, to)`.
 pub async fn offsets_by_event_time(
@@ -298,6 +327,7 @@ mod tests {
             last: 9,
             read_from: 0,
             unreadable: None,
+            handover: false,
         };
         let new = to_batch(&rows(1, 0..5)).unwrap();
         let written = replace(
