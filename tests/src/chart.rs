@@ -6,11 +6,16 @@
 //! directory that stands for the pod's file system). A mount's files are written where the
 //! pod would see them (ConfigMap keys, the test's stand-ins for Secrets, emptyDirs, hostPath
 //! directories as links), and every path the pod would use is moved under that directory,
-//! in the arguments and in the mounted config files alike; nothing else is changed. Must not:
-//! fix up what the chart renders (a mismatch between chart and binary must fail here).
+//! in the arguments and in the mounted config files alike; nothing else is changed.
+//! [`Confined`] then runs the container's binary as the pod's security context says: as its
+//! numeric user and groups, without capabilities, and with the root file system read-only
+//! but for the pod's writable volumes (a private mount namespace, `unshare` and `setpriv`).
+//! Must not: fix up what the chart renders (a mismatch between chart and binary must fail
+//! here).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -115,6 +120,8 @@ pub struct Laid {
     pub args: Vec<String>,
     /// Where each mount path of the pod lies here.
     pub moved: Vec<(String, PathBuf)>,
+    /// The directories the pod can write (emptyDirs, hostPaths not mounted read-only).
+    pub writable: Vec<PathBuf>,
 }
 
 impl Pod {
@@ -139,6 +146,7 @@ impl Pod {
     ) -> Laid {
         let mounts = self.container["volumeMounts"].as_array().cloned();
         let mut moved: Vec<(String, PathBuf)> = Vec::new();
+        let mut writable = Vec::new();
         let mut configs = Vec::new();
         for m in mounts.unwrap_or_default() {
             let mount = m["mountPath"].as_str().expect("mountPath").to_owned();
@@ -172,8 +180,15 @@ impl Pod {
                 std::fs::create_dir_all(host).expect("hostPath");
                 std::fs::create_dir_all(here.parent().expect("parent")).expect("mount parent");
                 std::os::unix::fs::symlink(host, &here).expect("hostPath mount");
+                if m["readOnly"] != true {
+                    writable.push(PathBuf::from(host));
+                }
             } else {
+                // An emptyDir: writable by every user, as the kubelet creates it.
                 std::fs::create_dir_all(&here).expect("emptyDir");
+                std::fs::set_permissions(&here, std::fs::Permissions::from_mode(0o777))
+                    .expect("emptyDir mode");
+                writable.push(here.clone());
             }
             moved.push((mount, here));
         }
@@ -211,8 +226,142 @@ impl Pod {
             command: command.to_owned(),
             args,
             moved,
+            writable,
         }
     }
+
+    /// Who the container runs as: its security context over the pod's.
+    pub fn run_as(&self) -> RunAs {
+        let (pod, own) = (
+            &self.spec["securityContext"],
+            &self.container["securityContext"],
+        );
+        let id = |key: &str| -> Option<u32> {
+            own[key]
+                .as_u64()
+                .or_else(|| pod[key].as_u64())
+                .map(|n| u32::try_from(n).expect("id"))
+        };
+        let uid = id("runAsUser").expect("runAsUser (the image's user must be numeric)");
+        // The kubelet adds fsGroup and supplementalGroups to the process's groups.
+        let mut groups: Vec<u32> = pod["fsGroup"]
+            .as_u64()
+            .into_iter()
+            .chain(
+                pod["supplementalGroups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64),
+            )
+            .map(|n| u32::try_from(n).expect("group"))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        RunAs {
+            uid,
+            gid: id("runAsGroup").unwrap_or(uid),
+            groups,
+            read_only_root: own["readOnlyRootFilesystem"] == true,
+            no_new_privs: own["allowPrivilegeEscalation"] == false,
+        }
+    }
+}
+
+/// The identity and limits a container runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// Numeric user.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Supplementary groups (fsGroup, supplementalGroups).
+    pub groups: Vec<u32>,
+    /// `readOnlyRootFilesystem`.
+    pub read_only_root: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privs: bool,
+}
+
+/// A container's binary run as its pod would run it.
+pub struct Confined {
+    /// The program to start (`unshare`).
+    pub program: PathBuf,
+    /// Its arguments (the mount script, then the binary and its arguments).
+    pub args: Vec<String>,
+}
+
+impl Confined {
+    /// `laid`'s binary (hard-linked or copied into `image`, a directory every user can read,
+    /// as the image's) run as `run_as`: in a private mount namespace whose root file system is
+    /// read-only but for the pod's writable volumes, then with the user's ids, no
+    /// capabilities and (as `allowPrivilegeEscalation: false` asks) no new privileges.
+    pub fn new(laid: &Laid, run_as: &RunAs, image: &Path) -> Confined {
+        std::fs::create_dir_all(image).expect("image dir");
+        let built = crate::process::binary(&laid.command);
+        let exe = image.join(&laid.command);
+        if !exe.exists() && std::fs::hard_link(&built, &exe).is_err() {
+            std::fs::copy(&built, &exe).expect("copy binary");
+        }
+        let mut script = String::from("set -e\n");
+        for dir in &laid.writable {
+            let d = dir.to_str().expect("utf-8 path");
+            assert!(!d.contains('\''), "{d}");
+            script.push_str(&format!("mount --bind '{d}' '{d}'\n"));
+        }
+        if run_as.read_only_root {
+            script.push_str("mount -o remount,bind,ro /\n");
+        }
+        let groups = if run_as.groups.is_empty() {
+            "--clear-groups".to_owned()
+        } else {
+            let g: Vec<String> = run_as.groups.iter().map(u32::to_string).collect();
+            format!("--groups={}", g.join(","))
+        };
+        let nnp = if run_as.no_new_privs {
+            "--no-new-privs"
+        } else {
+            ""
+        };
+        script.push_str(&format!(
+            "exec setpriv --reuid={} --regid={} {groups} {nnp} --inh-caps=-all --bounding-set=-all -- \"$0\" \"$@\"\n",
+            run_as.uid, run_as.gid
+        ));
+        let mut args = vec![
+            "--mount".to_owned(),
+            "--propagation".to_owned(),
+            "private".to_owned(),
+            "--".to_owned(),
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script,
+            exe.to_string_lossy().into_owned(),
+        ];
+        args.extend(laid.args.iter().cloned());
+        Confined {
+            program: PathBuf::from("unshare"),
+            args,
+        }
+    }
+}
+
+/// The real user id of process `pid` and whether its root file system is mounted read-only
+/// (what the kubelet would have given it).
+pub fn identity(pid: u32) -> (u32, bool) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .expect("Uid");
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    // Fields: id parent major:minor root mount-point options ...
+    let root_ro = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(4) == Some(&"/") && f.get(5).is_some_and(|o| o.split(',').any(|x| x == "ro"))
+    });
+    (uid, root_ro)
 }
 
 fn path_char(c: char) -> bool {

@@ -100,12 +100,22 @@ impl Shipper {
 
     /// Starts the binary `bin` of this build with `args` and extra environment `env`.
     pub fn spawn_bin(bin: &str, args: &[String], env: &[(&str, &str)], log: &Path) -> Shipper {
+        Self::spawn_program(&binary(bin), args, env, log)
+    }
+
+    /// Starts `program` with `args` and extra environment `env`; its stderr goes to `log`.
+    pub fn spawn_program(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Shipper {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let mut cmd = Command::new(binary(bin));
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env("PGTRAIL_LOG", "info,buoyant_kernel=off,deltalake_core=warn")
             .stdout(Stdio::null())
@@ -118,6 +128,11 @@ impl Shipper {
             child,
             log: log.to_path_buf(),
         }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether it is still running.

@@ -3,7 +3,11 @@
 //! shipper, the processor Deployment, the lag monitor Deployment and the `helm test` pod, each
 //! started from its rendered command, arguments and mounted files (config from the ConfigMap,
 //! secret files where the Secrets are mounted) against a SCRAM Tansu and an S3 lake (moto),
-//! with real PostgreSQL logs. The table must hold exactly the expected rows, the probes the
+//! with real PostgreSQL logs. Each runs as its security context says (`chart::Confined`): as
+//! the image's numeric user, with its groups, no capabilities and a read-only root file
+//! system but for its writable volumes; the logs are readable by the chart's
+//! `supplementalGroups` alone, the state directory is the init container's `chown`'s. The
+//! table must hold exactly the expected rows, the probes the
 //! manifests name must answer, and SIGTERM must end each long-running container with 0. A
 //! chart key the binary does not know, a secret path that is not mounted, or a probe path the
 //! binary does not serve fails here.
@@ -11,11 +15,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgtrail_tests::WorkDir;
 use pgtrail_tests::broker::free_port;
-use pgtrail_tests::chart::{Rendered, http_get};
+use pgtrail_tests::chart::{Confined, Rendered, http_get, identity};
 use pgtrail_tests::lake::{expected_rows, read_rows_with};
 use pgtrail_tests::objstore::Moto;
 use pgtrail_tests::pglogs::PgLogs;
@@ -66,6 +71,7 @@ shipper:
     logDir: "{}"
     logs: ["*.csv"]
     stateDir: "{}"
+    supplementalGroups: [{LOG_GROUP}]
 "#,
         ports[0],
         ports[1],
@@ -74,6 +80,44 @@ shipper:
         logs.server_dir("primary").display(),
         state.display(),
     )
+}
+
+/// The group that may read the PostgreSQL logs (the chart's `supplementalGroups`).
+const LOG_GROUP: u32 = 4242;
+
+/// What a node gives the pods: the logs readable by [`LOG_GROUP`] alone (PostgreSQL's
+/// `log_file_mode = 0640`), the shipper's hostPath state directory handed to its user by the
+/// DaemonSet's init container (its rendered command, run here), and the test's directory open
+/// to every user (it stands for the node's file system, the image and the pods' mounts).
+fn confine_like_a_node(work: &Path, logs: &PgLogs, state: &Path, rendered: &Rendered) {
+    let run = |program: &str, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{program} {args:?}");
+    };
+    let root = logs.dir.path().to_str().unwrap();
+    run("chgrp", &["-R", &LOG_GROUP.to_string(), root]);
+    run("chmod", &["-R", "g+rX,o-rwx", root]);
+    run("chmod", &["755", work.to_str().unwrap()]);
+    let init = &rendered.get("DaemonSet", "pgtrail-shipper")["spec"]["template"]["spec"]["initContainers"]
+        [0];
+    let command: Vec<&str> = init["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let mount = init["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(command.last(), Some(&mount), "{command:?}");
+    std::fs::create_dir_all(state).unwrap();
+    let here: Vec<&str> = command[1..command.len() - 1]
+        .iter()
+        .copied()
+        .chain([state.to_str().unwrap()])
+        .collect();
+    run(command[0], &here);
 }
 
 /// Waits up to `secs` for `probe` to answer 200 on `port`.
@@ -112,6 +156,8 @@ fn the_charts_pods_run_the_pipeline() {
         ("pgtrail-s3", [("secret-access-key", "testing")].into()),
     ]
     .into();
+    confine_like_a_node(work.path(), &logs, &state, &rendered);
+    let image = work.path().join("image");
     let start = |kind: &str, name: &str, container: &str| {
         let pod = rendered.pod(kind, name, container);
         let laid = pod.lay_out(
@@ -120,10 +166,15 @@ fn the_charts_pods_run_the_pipeline() {
             &secrets,
         );
         let log = work.path().join(format!("{name}.log"));
-        (
-            pod,
-            Shipper::spawn_bin(&laid.command, &laid.args, &[], &log),
-        )
+        let run_as = pod.run_as();
+        assert!(
+            run_as.uid != 0 && run_as.read_only_root && run_as.no_new_privs,
+            "{name}: {run_as:?}"
+        );
+        let confined = Confined::new(&laid, &run_as, &image);
+        // Without a passwd entry for the user, the kubelet sets HOME to /.
+        let p = Shipper::spawn_program(&confined.program, &confined.args, &[("HOME", "/")], &log);
+        (pod, p)
     };
 
     let (shipper_pod, shipper) = start("DaemonSet", "pgtrail-shipper", "pgtrail-shipper");
@@ -147,6 +198,15 @@ fn the_charts_pods_run_the_pipeline() {
         wait_ok(shipper_pod.port("metrics"), &probe, 60);
     }
 
+    // Each runs as the image's numeric user, its root file system read-only (checked once
+    // its probes answer: the binary, not the wrapper that confines it).
+    for (p, pod) in [
+        (&shipper, &shipper_pod),
+        (&processor, &processor_pod),
+        (&lag, &lag_pod),
+    ] {
+        assert_eq!(identity(p.pid()), (pod.run_as().uid, true));
+    }
     let table = "s3://lake/pgtrail/pg_archive_sync/primary_postgresql_logs";
     let expected = expected_rows(&logs.server_dir("primary"));
     assert!(expected.audit > 10, "{expected:?}");
