@@ -3,7 +3,9 @@
 //! limiting. Records are split and encoded before the clock starts; the clock stops when
 //! Kafka acknowledged the last one.
 //!
-//! Usage: `pgtrail-baseline-producer [--copies N] BROKERS TOPIC FILE...` (csvlog files).
+//! Usage: `pgtrail-baseline-producer [--copies N] [--prefix P] BROKERS TOPIC FILE...`: `*.csv`
+//! csvlog, `*.json` jsonlog, other files stderr with `log_line_prefix` P (records framed and
+//! keyed by the shipper's own framer and key extractor, as the shipper would send them).
 //! Prints one line: `baseline records=N seconds=S records_per_sec=R partitions=P:N,...` (the
 //! acknowledged messages per partition: the shipper keys by session, so a workload of few
 //! sessions fills few partitions). `--copies N` sends the
@@ -49,55 +51,72 @@ impl ProducerContext for Counting {
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut copies = 1;
-    if args.first().is_some_and(|a| a == "--copies") && args.len() > 1 {
-        copies = args[1].parse::<usize>().expect("--copies N");
+    let mut prefix = String::new();
+    while args.len() > 1 && args[0].starts_with("--") {
+        match args[0].as_str() {
+            "--copies" => copies = args[1].parse::<usize>().expect("--copies N"),
+            "--prefix" => prefix = args[1].clone(),
+            other => panic!("unknown flag {other}"),
+        }
         args.drain(..2);
     }
     let [brokers, topic, files @ ..] = args.as_slice() else {
-        eprintln!("usage: pgtrail-baseline-producer [--copies N] BROKERS TOPIC FILE...");
+        eprintln!(
+            "usage: pgtrail-baseline-producer [--copies N] [--prefix P] BROKERS TOPIC FILE..."
+        );
         std::process::exit(2);
     };
     let encoder = Encoder::single_object();
     let mut messages: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (copy, path) in (0..copies).flat_map(|c| files.iter().map(move |f| (c, f))) {
         let bytes = std::fs::read(path).expect("read file");
+        let format = match std::path::Path::new(path)
+            .extension()
+            .and_then(|e| e.to_str())
+        {
+            Some("csv") => LogFormat::Csvlog,
+            Some("json") => LogFormat::Jsonlog,
+            _ => LogFormat::Stderr,
+        };
         let source = pgtrail_avro::record::encode_source(&RecordSource {
             server: "baseline".into(),
             host: "bench".into(),
             shipper_version: "baseline".into(),
-            format: LogFormat::Csvlog,
+            format,
             source_path: path.as_str().into(),
             file_id: if copies == 1 {
                 path.as_str().into()
             } else {
                 format!("{path}#{copy}").into()
             },
-            log_line_prefix: None,
+            log_line_prefix: (format == LogFormat::Stderr).then(|| prefix.as_str().into()),
             log_timezone: None,
             kind: pgtrail_avro::RecordKind::Log,
         });
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(&bytes[..]);
-        let mut rec = csv::ByteRecord::new();
-        let mut start = 0u64;
-        while reader.read_byte_record(&mut rec).expect("csv") {
-            let end = reader.position().byte();
-            let data = &bytes[start as usize..end as usize];
-            let key = rec.get(5).unwrap_or_default().to_vec();
+        let keys = shipper::key::KeyExtractor::new(format, &prefix);
+        // The shipper's own record limit, and its key for records without a session: the file.
+        let limit = shipper::Config::default().max_record_bytes;
+        let mut framer = shipper::framer::Framer::new(format, limit, 0);
+        let file_key = if copies == 1 {
+            path.clone()
+        } else {
+            format!("{path}#{copy}")
+        };
+        let mut emit = |f: shipper::framer::Frame<'_>| {
+            let key = keys.key(f.data).unwrap_or(file_key.as_bytes()).to_vec();
             let payload = encoder.encode(
                 &source,
                 RecordFields {
-                    offset: start as i64,
-                    data,
+                    offset: f.offset as i64,
+                    data: f.data,
                     read_at_micros: 0,
-                    original_length: None,
+                    original_length: f.truncated.then_some(f.len as i64),
                 },
             );
             messages.push((key, payload));
-            start = end;
-        }
+        };
+        framer.feed(&bytes, &mut emit);
+        framer.flush(&mut emit);
     }
     // Exactly the shipper's producer settings, from the shipper's own code.
     let cfg = shipper::Config {
