@@ -253,14 +253,49 @@ fn spaces(s: &str) -> usize {
     s.bytes().take_while(|b| *b == b' ').count()
 }
 
+/// Possible lengths of an escape's value, most likely first, found as they are tried: an
+/// escape followed by a literal is matched at the literal's first occurrence in almost every
+/// line, so the later ones (in a stderr record's statement text) are never searched for.
+enum Candidates<'s, 'p> {
+    /// Known from the escape's own syntax.
+    Fixed(std::option::IntoIter<usize>),
+    /// Every occurrence of the next literal, in order.
+    Lit(std::str::MatchIndices<'s, &'p str>),
+    /// Every length (followed by another escape, `%q` or the end), shortest first.
+    Every(std::ops::RangeInclusive<usize>, &'s str),
+}
+
+impl Iterator for Candidates<'_, '_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Candidates::Fixed(v) => v.next(),
+            Candidates::Lit(m) => m.next().map(|(i, _)| i),
+            Candidates::Every(r, s) => r.find(|i| s.is_char_boundary(*i)),
+        }
+    }
+}
+
 /// Possible lengths of the value of escape `kind` at the start of `s`, most likely first.
-fn candidates(kind: char, s: &str, next: Option<&Tok>) -> Vec<usize> {
+fn candidates<'s, 'p>(kind: char, s: &'s str, next: Option<&'p Tok>) -> Candidates<'s, 'p> {
+    match (kind, next) {
+        ('m' | 't' | 's' | 'n' | 'p' | 'l' | 'x' | 'P' | 'Q' | 'c' | 'v' | 'e', _) => {
+            Candidates::Fixed(fixed_candidates(kind, s).into_iter())
+        }
+        (_, Some(Tok::Lit(l))) => Candidates::Lit(s.match_indices(l.as_str())),
+        _ => Candidates::Every(0..=s.len(), s),
+    }
+}
+
+/// [`candidates`] of the escapes whose value has a syntax of its own: one length at most.
+fn fixed_candidates(kind: char, s: &str) -> Option<usize> {
     let b = s.as_bytes();
     let run =
         |ok: fn(u8) -> bool, from: usize| from + b[from..].iter().take_while(|c| ok(**c)).count();
     let digits = |c: u8| c.is_ascii_digit();
     match kind {
-        'm' | 't' | 's' => timestamp_len(s).into_iter().collect(),
+        'm' | 't' | 's' => timestamp_len(s),
         'n' => {
             let i = run(digits, 0);
             let j = if b.get(i) == Some(&b'.') {
@@ -268,29 +303,25 @@ fn candidates(kind: char, s: &str, next: Option<&Tok>) -> Vec<usize> {
             } else {
                 i
             };
-            vec![j]
+            Some(j)
         }
-        'p' | 'l' | 'x' => vec![run(digits, 0)],
+        'p' | 'l' | 'x' => Some(run(digits, 0)),
         'P' | 'Q' => {
             let sign = usize::from(b.first() == Some(&b'-'));
-            vec![run(digits, sign)]
+            Some(run(digits, sign))
         }
         'c' => {
             let hex = |c: u8| c.is_ascii_hexdigit();
             let i = run(hex, 0);
             if b.get(i) == Some(&b'.') {
-                vec![run(hex, i + 1)]
+                Some(run(hex, i + 1))
             } else {
-                vec![0]
+                Some(0)
             }
         }
-        'v' => vec![run(|c| c.is_ascii_digit() || c == b'/' || c == b'-', 0)],
-        'e' => vec![run(|c| c.is_ascii_alphanumeric(), 0).min(5)],
-        _ => match next {
-            Some(Tok::Lit(l)) => s.match_indices(l.as_str()).map(|(i, _)| i).collect(),
-            // Followed by another escape, %q or the end: every length, shortest first.
-            _ => (0..=s.len()).filter(|i| s.is_char_boundary(*i)).collect(),
-        },
+        'v' => Some(run(|c| c.is_ascii_digit() || c == b'/' || c == b'-', 0)),
+        'e' => Some(run(|c| c.is_ascii_alphanumeric(), 0).min(5)),
+        _ => None,
     }
 }
 
