@@ -248,7 +248,9 @@ async fn run(cfg: &Config, args: &ReplayArgs) -> Result<Report, ProcessorError> 
     drop(source);
     let written = commit::commit(cfg, args, &lake, &plans, derived, &report, started).await?;
     report.version = written.version();
-    info!(table = %report.target, version = ?report.version, rows_removed = report.diff.rows_before, rows_added = report.diff.rows_after, "Replay committed.");
+    // The range's rows in the table read, before and after (an `--into` table's own rows
+    // removed are in the commit's job facts).
+    info!(table = %report.target, version = ?report.version, range_rows_before = report.diff.rows_before, range_rows_after = report.diff.rows_after, "Replay committed.");
     Ok(report)
 }
 
@@ -470,7 +472,7 @@ fn check_handover(args: &ReplayArgs, continuing: &[String]) -> Result<(), Proces
 
 /// The lowest position of the groups `continuing` in the `--into` table `into` for `tp`
 /// (`None`: no group continues it there).
-async fn continued_to(
+pub(crate) async fn continued_to(
     into: &AuditTable,
     continuing: &[String],
     tp: &TopicPartition,

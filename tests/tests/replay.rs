@@ -23,7 +23,7 @@ use pgtrail_tests::process::{
     Processor, Shipper, process_until_idle, run_shipper_once, shipper_args,
 };
 use pgtrail_tests::replay::{
-    assert_job_rows, ends, event_times, job_rows, positions, replay, wait_caught_up,
+    assert_job_rows, commit_facts, ends, event_times, job_rows, positions, replay, wait_caught_up,
 };
 use pgtrail_tests::{WorkDir, workspace_root};
 
@@ -323,9 +323,18 @@ fn a_replay_replaces_exactly_its_range_while_the_live_processor_appends() {
     );
     let range0 = [replayed[0]];
     let new0: Vec<Row> = new.iter().filter(|r| inside(&range0, r)).cloned().collect();
+    let into_rows = read_rows(&into).len();
     assert!(
         sorted(read_rows(&into)) == sorted(new0),
         "--into holds the range's new rows"
+    );
+    // Its job facts count the target's rows: a new table had none to remove.
+    let into_facts = commit_facts(&into);
+    let (_, into_commit) = into_facts.iter().next_back().expect("--into commit facts");
+    assert_eq!(
+        (&into_commit["rows_removed"], &into_commit["rows_after"]),
+        (&serde_json::json!(0), &serde_json::json!(into_rows)),
+        "--into job facts: {into_commit:#}"
     );
 
     // A processor started on the `--into` table refuses to write the topic again from its

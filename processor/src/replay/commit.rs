@@ -67,45 +67,10 @@ pub async fn commit(
         }
     };
     let target = open_target().await?;
-    let commit = CommitFacts {
-        mode: JobMode::Historical,
-        group: &cfg.group,
-        writer: &writer_id(),
-        table: target.uri(),
-        version: target.version().map_or(0, |v| v + 1),
-        rows_before: target.row_count()?,
-        started,
-        attempt: 1,
-    };
-    let mut facts = job_facts(&commit, &derived.parts, Utc::now());
-    facts["rows_removed"] = json!(report.diff.rows_before);
-    facts["rows_after"] = json!(
-        (commit.rows_before + report.diff.rows_after).saturating_sub(report.diff.rows_before)
-    );
     let handed_to = args
         .continue_as
         .as_deref()
         .filter(|_| !derived.handover.is_empty());
-    // `group` and `partitions` as live commits name them: a processor of another group
-    // started on an `--into` table finds the topic written by this one and refuses to write
-    // it all again.
-    let group = handed_to.map_or_else(|| format!("replay:{}", cfg.group), str::to_owned);
-    let metadata = json!({
-        "group": group,
-        "partitions": plans
-            .iter()
-            .map(|p| json!({"topic": &*p.tp.topic, "partition": p.tp.partition}))
-            .collect::<Vec<_>>(),
-        "job": facts,
-        "replay": {
-            "source": uri,
-            "ranges": plans,
-            "rows_removed": report.diff.rows_before,
-            "rows_added": report.diff.rows_after,
-            "reshipped": report.reshipped,
-            "continue_as": handed_to,
-        },
-    });
     let txns = txns(args, plans, handed_to, &derived.handover, &target).await?;
     let uri_written = target.uri().to_owned();
     let mut target = Some(target);
@@ -119,11 +84,20 @@ pub async fn commit(
         if let Some(group) = handed_to {
             refuse_if_continued(&t, group, &derived.handover).await?;
         }
+        let written = Written {
+            plans,
+            derived: &derived,
+            report,
+            handed_to,
+            started,
+            attempt,
+        };
+        let metadata = written.metadata(cfg, args, &t).await?;
         let r = table::replace(
             t.into_delta(),
             plans,
             derived.batches.clone(),
-            metadata.clone(),
+            metadata,
             txns.clone(),
         )
         .await;
@@ -134,6 +108,81 @@ pub async fn commit(
             }
             r => return r,
         }
+    }
+}
+
+/// What one attempt of the commit writes, for its job facts.
+struct Written<'a> {
+    plans: &'a [PartitionPlan],
+    derived: &'a Derivation,
+    report: &'a Report,
+    handed_to: Option<&'a str>,
+    started: DateTime<Utc>,
+    attempt: u32,
+}
+
+impl Written<'_> {
+    /// The commit's `pgtrail` metadata on `target` as it is now: the job facts with the rows
+    /// the replacement removes from the target (for `--into`, the target's own rows in the
+    /// ranges, not the source's) and the replay's summary. The facts are as of the snapshot
+    /// this attempt read: when deltalake's own retry lands the commit after a live append,
+    /// the version and row counts are those of the snapshot, not of the version written.
+    async fn metadata(
+        &self,
+        cfg: &Config,
+        args: &ReplayArgs,
+        target: &AuditTable,
+    ) -> Result<serde_json::Value, ProcessorError> {
+        let report = self.report;
+        // A figure of the facts, not a condition of the commit: a count that fails leaves it
+        // unknown (null) rather than failing the replay.
+        let removed = match args.into {
+            Some(_) => match table::count_in(target.delta(), self.plans).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(table = target.uri(), error = %e, "Counting the rows the replay replaces failed; its job facts leave them unknown.");
+                    None
+                }
+            },
+            None => Some(report.diff.rows_before),
+        };
+        let commit = CommitFacts {
+            mode: JobMode::Historical,
+            group: &cfg.group,
+            writer: &writer_id(),
+            table: target.uri(),
+            version: target.version().map_or(0, |v| v + 1),
+            rows_before: target.row_count()?,
+            started: self.started,
+            attempt: self.attempt,
+        };
+        let mut facts = job_facts(&commit, &self.derived.parts, Utc::now());
+        facts["rows_removed"] = json!(removed);
+        facts["rows_after"] =
+            json!(removed.map(|r| (commit.rows_before + report.diff.rows_after).saturating_sub(r)));
+        // `group` and `partitions` as live commits name them: a processor of another group
+        // started on an `--into` table finds the topic written by this one and refuses to
+        // write it all again.
+        let group = self
+            .handed_to
+            .map_or_else(|| format!("replay:{}", cfg.group), str::to_owned);
+        Ok(json!({
+            "group": group,
+            "partitions": self
+                .plans
+                .iter()
+                .map(|p| json!({"topic": &*p.tp.topic, "partition": p.tp.partition}))
+                .collect::<Vec<_>>(),
+            "job": facts,
+            "replay": {
+                "source": report.table,
+                "ranges": self.plans,
+                "rows_removed": removed,
+                "rows_added": report.diff.rows_after,
+                "reshipped": report.reshipped,
+                "continue_as": self.handed_to,
+            },
+        }))
     }
 }
 
@@ -183,8 +232,9 @@ async fn refuse_if_continued(
     group: &str,
     handover: &[PartitionCheckpoint],
 ) -> Result<(), ProcessorError> {
+    let groups = [group.to_owned()];
     for cp in handover {
-        if let Some(v) = target.txn_version(&offset_app_id(group, &cp.tp)).await? {
+        if let Some(v) = super::continued_to(target, &groups, &cp.tp).await? {
             return Err(ProcessorError::Config {
                 reason: format!(
                     "group {group} wrote {} of {} (up to offset {v}) while the replay ran; start its processors after the hand-over, or hand over into a new table",

@@ -92,6 +92,28 @@ pub async fn rows_in(
         .map_err(|e| err(table, "scan", e))
 }
 
+/// How many rows of `plans`' ranges the table holds now (what replacing them removes).
+pub async fn count_in(table: &DeltaTable, plans: &[PartitionPlan]) -> Result<u64, ProcessorError> {
+    if plans.is_empty() {
+        return Ok(0);
+    }
+    let batches = query(table, &range_predicate(plans), "count(*) AS n")
+        .await?
+        .collect()
+        .await
+        .map_err(|e| err(table, "count", e))?;
+    let n = batches
+        .iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<deltalake::arrow::array::Int64Array>()
+        })
+        .map(|a| a.iter().flatten().sum::<i64>())
+        .sum::<i64>();
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// The `event_id`s among `wanted` of rows of `plan`'s partition below its range (a record
 /// shipped again inside the range whose first shipment was written before it: its row is
 /// the earlier one).
