@@ -129,13 +129,23 @@ pub enum ProcessorError {
 }
 
 impl ProcessorError {
-    /// Whether this is another writer having taken the Delta version (not a store failure).
+    /// Whether this is another writer having taken the Delta version (not a store failure,
+    /// nor a table this writer cannot write).
     pub fn is_conflict(&self) -> bool {
         use deltalake::DeltaTableError as D;
+        use deltalake::kernel::transaction::TransactionError as T;
         matches!(
             self,
             ProcessorError::Delta { source, .. }
-                if matches!(source.as_ref(), D::VersionAlreadyExists(_) | D::Transaction { .. })
+                if matches!(
+                    source.as_ref(),
+                    D::VersionAlreadyExists(_)
+                        | D::Transaction {
+                            source: T::VersionAlreadyExists(_)
+                                | T::CommitConflict(_)
+                                | T::MaxCommitAttempts(_)
+                        }
+                )
         )
     }
 
@@ -143,10 +153,18 @@ impl ProcessorError {
     pub fn class(&self) -> ErrorClass {
         use deltalake::DeltaTableError as D;
         use deltalake::ObjectStoreError as O;
+        use deltalake::kernel::transaction::TransactionError as T;
         match self {
             ProcessorError::Parse { .. } => ErrorClass::Poison,
             ProcessorError::Decode { source, .. } => source.class(),
             ProcessorError::Delta { source, .. } => match source.as_ref() {
+                // A table whose protocol or settings this writer cannot meet: no retry helps.
+                D::Transaction {
+                    source:
+                        T::DeltaTableAppendOnly
+                        | T::UnsupportedTableFeatures(_)
+                        | T::TableFeaturesRequired(_),
+                } => ErrorClass::Fatal,
                 D::VersionAlreadyExists(_)
                 | D::Transaction { .. }
                 | D::ObjectStore { .. }
@@ -218,6 +236,17 @@ mod tests {
             },
         });
         assert!(conflict.is_conflict() && !store.is_conflict());
+        use deltalake::kernel::transaction::TransactionError as T;
+        let lost = delta(deltalake::DeltaTableError::Transaction {
+            source: T::VersionAlreadyExists(4),
+        });
+        assert!(lost.is_conflict() && lost.class() == ErrorClass::Retryable);
+        // Not a race: a table this writer cannot write is not retried as one.
+        let protocol = delta(deltalake::DeltaTableError::Transaction {
+            source: T::DeltaTableAppendOnly,
+        });
+        assert!(!protocol.is_conflict());
+        assert_eq!(protocol.class(), ErrorClass::Fatal);
         assert_eq!(conflict.class(), ErrorClass::Retryable);
         assert_eq!(store.class(), ErrorClass::Retryable);
         let lake = ProcessorError::Lake {

@@ -412,3 +412,16 @@ async fn each_commit_records_its_job_facts() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+#[test]
+fn a_conflict_is_retried_soon_and_a_store_error_backs_off() {
+    for attempt in 1..40 {
+        let d = retry_delay(attempt, true);
+        assert!(d <= CONFLICT_DELAY_MAX, "attempt {attempt}: {d:?}");
+        assert!(d <= Duration::from_millis(25 * u64::from(attempt)));
+    }
+    let waits: Vec<Duration> = (1..12).map(|a| retry_delay(a, false)).collect();
+    assert_eq!(waits[0], Duration::from_millis(100));
+    assert!(waits.windows(2).all(|w| w[1] >= w[0]));
+    assert_eq!(waits[10], Duration::from_millis(25_600));
+}
