@@ -146,17 +146,8 @@ fn hot_inc<L: Clone + std::hash::Hash + Eq>(
     }
 }
 
-/// The reasons [`Metrics::skipped`] is called with.
-const SKIP_REASONS: [&str; 5] = [
-    "not_audit",
-    "duplicate",
-    "format_filtered",
-    "late_outcome",
-    "replayed",
-];
-
 /// The formats [`Metrics::consumed`] is called with.
-const FORMATS: [&str; 4] = ["csvlog", "jsonlog", "stderr", "unknown"];
+const FORMATS: [&str; 5] = ["csvlog", "jsonlog", "stderr", "unknown", "heartbeat"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -199,9 +190,12 @@ impl Default for Metrics {
             format: f.to_owned(),
         };
         m.hot = Arc::new(Hot {
-            skipped: SKIP_REASONS
+            // Every reason a record is skipped for: a label not made here is allocated on
+            // each call.
+            skipped: crate::job::Skip::ALL
                 .iter()
-                .map(|r| (*r, m.records_skipped.get_or_create(&reason(r)).clone()))
+                .map(|s| s.as_str())
+                .map(|r| (r, m.records_skipped.get_or_create(&reason(r)).clone()))
                 .collect(),
             consumed: FORMATS
                 .iter()
@@ -452,6 +446,18 @@ mod tests {
             "pgtrail_processor_records_consumed_total{format=\"unknown\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // Every skip reason has its counter from the start (no label allocated per record).
+        for skip in crate::job::Skip::ALL {
+            let line = format!(
+                "pgtrail_processor_records_skipped_total{{reason=\"{}\"}} 0",
+                skip.as_str()
+            );
+            let counted = ["not_audit"].contains(&skip.as_str());
+            assert!(
+                counted || text.lines().any(|l| l == line),
+                "{line} not in\n{text}"
+            );
         }
     }
 }

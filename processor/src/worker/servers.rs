@@ -21,6 +21,9 @@ struct Compiled {
     prefix: Option<Arc<str>>,
     zone: Option<Arc<str>>,
     format: Result<ServerFormat, String>,
+    /// Whether the prefix's limitations were looked at for stderr records (logged once per
+    /// server and prefix, through [`ServerCache::warned`]).
+    checked: bool,
 }
 
 impl Compiled {
@@ -79,6 +82,7 @@ impl ServerCache {
             prefix: s.log_line_prefix.clone(),
             zone: s.log_timezone.clone(),
             format,
+            checked: false,
         });
         self.last = self.compiled.len() - 1;
         self.last
@@ -88,9 +92,11 @@ impl ServerCache {
 impl Servers for ServerCache {
     fn format(&mut self, source: &RecordSource) -> Result<&ServerFormat, String> {
         let i = self.entry(source);
-        let c = &self.compiled[i];
+        let c = &mut self.compiled[i];
         let f = c.format.as_ref().map_err(Clone::clone)?;
-        if source.format == LogFormat::Stderr {
+        // Once per entry, not per record: the check allocates.
+        if source.format == LogFormat::Stderr && !c.checked {
+            c.checked = true;
             let prefix = f.prefix.text().to_owned();
             if self
                 .warned
