@@ -420,28 +420,26 @@ async fn plans(
         let position = position.map(|p| held.map_or(p, |h| p.min(h)));
         let bounds = Bounds { low, position };
         let handover = args.continue_as.is_some() && held.is_none();
-        match plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)? {
+        let plan = match plan_partition(&tp, from, to, bounds, args.context, args.allow_partial)? {
             Some(mut p) => {
                 p.handover = handover;
-                if handover && let Some(t) = into {
-                    refuse_rows_after(t, &p).await?;
-                }
                 let by_time = context_by_time(reader, &p, low, args.context_time).await?;
                 p.read_from = p.read_from.min(by_time.max(low));
-                plans.push(p);
+                Some(p)
             }
             // A partition with nothing in the range is still handed over, at the range's end:
             // the group would otherwise write it from its first offset.
-            None if handover => {
-                let end = position.map(|p| to.map_or(p, |t| t.min(p)));
-                if let Some(p) = end.filter(|e| *e >= 0).map(|e| PartitionPlan::at(&tp, e)) {
-                    if let Some(t) = into {
-                        refuse_rows_after(t, &p).await?;
-                    }
-                    plans.push(p);
-                }
+            None if handover => position
+                .map(|p| to.map_or(p, |t| t.min(p)))
+                .filter(|e| *e >= 0)
+                .map(|e| PartitionPlan::at(&tp, e)),
+            None => None,
+        };
+        if let Some(p) = plan {
+            if handover && let Some(t) = into {
+                refuse_rows_after(t, &p).await?;
             }
-            None => {}
+            plans.push(p);
         }
     }
     Ok(plans)
@@ -472,7 +470,7 @@ fn check_handover(args: &ReplayArgs, continuing: &[String]) -> Result<(), Proces
 
 /// The lowest position of the groups `continuing` in the `--into` table `into` for `tp`
 /// (`None`: no group continues it there).
-pub(crate) async fn continued_to(
+async fn continued_to(
     into: &AuditTable,
     continuing: &[String],
     tp: &TopicPartition,

@@ -97,21 +97,8 @@ pub async fn count_in(table: &DeltaTable, plans: &[PartitionPlan]) -> Result<u64
     if plans.is_empty() {
         return Ok(0);
     }
-    let batches = query(table, &range_predicate(plans), "count(*) AS n")
-        .await?
-        .collect()
-        .await
-        .map_err(|e| err(table, "count", e))?;
-    let n = batches
-        .iter()
-        .filter_map(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<deltalake::arrow::array::Int64Array>()
-        })
-        .map(|a| a.iter().flatten().sum::<i64>())
-        .sum::<i64>();
-    Ok(u64::try_from(n).unwrap_or(0))
+    let n = aggregate(table, &range_predicate(plans), "count(*)").await?;
+    Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
 }
 
 /// The `event_id`s among `wanted` of rows of `plan`'s partition below its range (a record
@@ -239,24 +226,34 @@ pub async fn last_offset(
     table: &DeltaTable,
     tp: &crate::topic_partition::TopicPartition,
 ) -> Result<Option<i64>, ProcessorError> {
-    use deltalake::arrow::datatypes::Int64Type;
     let sql_where = format!(
         "kafka_topic = {} AND kafka_partition = {}",
         quote(&tp.topic),
         tp.partition
     );
-    let batches = query(table, &sql_where, "max(kafka_offset)")
+    aggregate(table, &sql_where, "max(kafka_offset)").await
+}
+
+/// The value of one integer aggregate `expr` over the rows matching `sql_where` (`None`: SQL
+/// null, as `max` of no rows).
+async fn aggregate(
+    table: &DeltaTable,
+    sql_where: &str,
+    expr: &str,
+) -> Result<Option<i64>, ProcessorError> {
+    use deltalake::arrow::datatypes::Int64Type;
+    let batches = query(table, sql_where, expr)
         .await?
         .collect()
         .await
         .map_err(|e| err(table, "scan", e))?;
     let mut out = None;
     for b in batches {
-        let hi = cast(b.column(0), &DataType::Int64).map_err(|e| err(table, "scan", e))?;
-        let hi = hi.as_primitive::<Int64Type>();
+        let v = cast(b.column(0), &DataType::Int64).map_err(|e| err(table, "scan", e))?;
+        let v = v.as_primitive::<Int64Type>();
         out = (0..b.num_rows())
-            .filter(|i| hi.is_valid(*i))
-            .map(|i| hi.value(i))
+            .filter(|i| v.is_valid(*i))
+            .map(|i| v.value(i))
             .chain(out)
             .max();
     }
