@@ -30,7 +30,7 @@ use chrono::Utc;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Action;
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::delta::AuditTable;
 use crate::error::{ErrorClass, ProcessorError};
@@ -40,13 +40,12 @@ use crate::partition::PartitionCheckpoint;
 use crate::state::{StateStore, StoredState, new_state_id, offset_app_id, state_app_id};
 use crate::telemetry::Metrics;
 use crate::topic_partition::TopicPartition;
+#[cfg(test)]
+use retry::CONFLICT_DELAY_MAX;
+use retry::retry_delay;
 
 /// Commits searched for a checkpoint of a table written before state objects existed.
 const LEGACY_HISTORY: usize = 2000;
-
-/// State objects no partition names are deleted once they are this old (objects of commits
-/// still in flight are younger).
-const SWEEP_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A state object older than this is written again before a commit attempt, so the sweep of
 /// another instance never finds an object a commit is about to name.
@@ -104,28 +103,6 @@ pub struct Landed {
     /// Partitions another instance committed since this one last read or wrote them: nothing
     /// of them was written; their state must be read again.
     pub fenced: Vec<TopicPartition>,
-}
-
-/// The longest wait before another attempt after a conflict.
-const CONFLICT_DELAY_MAX: Duration = Duration::from_millis(250);
-
-/// How long to wait after failed attempt `attempt` (1 for the first). A conflict means another
-/// commit landed first: the table moved on, not the store failed, so the next attempt comes
-/// after a short random delay, up to 25 ms per attempt so far and at most
-/// [`CONFLICT_DELAY_MAX`], which spreads instances racing each other and widens as more of
-/// them race. Doubling it instead let instances committing back to back starve another one
-/// for tens of seconds; a window of the same 50 ms for every attempt thrashed with 16
-/// instances on a fast store (`benches/commits.rs`, `bench/RESULTS.md`). A store error doubles
-/// the wait from 100 ms up to 25.6 s.
-fn retry_delay(attempt: u32, conflict: bool) -> Duration {
-    if conflict {
-        use std::hash::BuildHasher;
-        let most = (25 * u64::from(attempt.max(1))).min(CONFLICT_DELAY_MAX.as_millis() as u64);
-        let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-        Duration::from_millis(random % (most + 1))
-    } else {
-        Duration::from_millis(50 << attempt.min(9)).min(Duration::from_secs(30))
-    }
 }
 
 /// What one attempt found.
@@ -591,78 +568,9 @@ impl Committer {
         };
         job_facts(&commit, &facts, Utc::now())
     }
-
-    /// Step 5 of the module documentation: maintenance and garbage, best effort.
-    async fn after_landing(
-        &mut self,
-        version: Option<u64>,
-        superseded: BTreeSet<i64>,
-        metrics: &Metrics,
-    ) {
-        let label = Metrics::table(self.uri());
-        if let Some(v) = version {
-            let maintained = match self.failpoints.hit("commit.post_commit").await {
-                Ok(()) => self.table.maintain(v).await,
-                Err(e) => Err(e.into()),
-            };
-            match maintained {
-                Ok(true) => debug!(table = self.uri(), version = v, "Delta checkpoint written."),
-                Ok(false) => {}
-                Err(e) => {
-                    metrics.maintenance_errors.get_or_create(&label).inc();
-                    warn!(table = self.uri(), version = v, error = %e, "Table maintenance after a commit failed (the commit stands; retried at the next checkpoint interval).");
-                }
-            }
-        }
-        for id in superseded {
-            if let Err(e) = self.drop_if_unnamed(id).await {
-                metrics.maintenance_errors.get_or_create(&label).inc();
-                warn!(table = self.uri(), state = %format!("{id:016x}"), error = %e, "Could not delete a superseded state object (swept later).");
-            }
-        }
-        if !self.swept {
-            self.swept = true;
-            if let Err(e) = self.sweep().await {
-                metrics.maintenance_errors.get_or_create(&label).inc();
-                warn!(table = self.uri(), error = %e, "Sweeping old state objects failed.");
-            }
-        }
-    }
-
-    /// Deletes state object `id` when no partition it holds names it any more.
-    async fn drop_if_unnamed(&mut self, id: i64) -> Result<bool, ProcessorError> {
-        self.failpoints.hit("commit.gc").await?;
-        let Some(state) = self.states.read(id).await? else {
-            return Ok(true);
-        };
-        for cp in state.partitions() {
-            if self.token(&cp.tp).await?.state == Some(id) {
-                return Ok(false);
-            }
-        }
-        self.states.delete(id).await?;
-        Ok(true)
-    }
-
-    /// Deletes state objects older than [`SWEEP_AGE`] that no partition names (left by commits
-    /// that never landed).
-    async fn sweep(&mut self) -> Result<(), ProcessorError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(SWEEP_AGE).unwrap_or_default();
-        let mut dropped = 0;
-        for (id, written) in self.states.list().await? {
-            if written < cutoff && self.drop_if_unnamed(id).await? {
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            info!(
-                table = self.uri(),
-                dropped, "Deleted old state objects no partition names."
-            );
-        }
-        Ok(())
-    }
 }
 
+mod garbage;
+mod retry;
 #[cfg(test)]
 mod tests;
